@@ -1,0 +1,112 @@
+//! Settings both binaries share. Every setting is a `--flag` with an
+//! environment variable of the same meaning (the configuration contract in
+//! DESIGN.md), so systemd units, Procfiles and tests drive them alike.
+
+use std::ops::RangeInclusive;
+use std::str::FromStr;
+
+use clap::{ArgAction, Args, ValueEnum};
+
+#[derive(Clone, Debug, Args)]
+pub struct CommonArgs {
+    /// PostgreSQL URL, e.g. postgres://berth:secret@db.internal:5432/berth.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: String,
+
+    /// Apply pending schema migrations at start (`--migrate=false` to skip).
+    #[arg(long, env = "BERTH_MIGRATE", default_value_t = true, action = ArgAction::Set)]
+    pub migrate: bool,
+
+    /// Environment name: used in cloud tags and as the Sentry environment.
+    #[arg(long = "env", env = "BERTH_ENV", default_value = "dev", value_parser = parse_env_name)]
+    pub environment: String,
+
+    /// Sentry DSN; unset disables error reporting.
+    #[arg(long, env = "SENTRY_DSN", hide_env_values = true)]
+    pub sentry_dsn: Option<String>,
+
+    /// Log filter in tracing's EnvFilter syntax, e.g. `info,host_service=debug`.
+    #[arg(long = "log-filter", env = "RUST_LOG", default_value = "info")]
+    pub log_filter: String,
+
+    /// Log output: `text` for people, `json` for log shippers.
+    #[arg(long, env = "BERTH_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+fn parse_env_name(s: &str) -> Result<String, String> {
+    let ok = !s.is_empty()
+        && s.len() <= 32
+        && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    ok.then(|| s.to_owned())
+        .ok_or_else(|| format!("{s:?}: use 1 to 32 characters from [A-Za-z0-9_-]"))
+}
+
+/// An inclusive numeric range written `LOW-HIGH`, e.g. `20000-32000`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NumberRange<T>(pub RangeInclusive<T>);
+
+impl<T> FromStr for NumberRange<T>
+where
+    T: FromStr + PartialOrd + Copy + std::fmt::Display,
+{
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (low, high) = s
+            .split_once('-')
+            .ok_or_else(|| format!("{s:?}: write the range as LOW-HIGH, e.g. 20000-32000"))?;
+        let parse = |v: &str| {
+            v.trim()
+                .parse::<T>()
+                .map_err(|_| format!("{s:?}: {v:?} is not a valid number here"))
+        };
+        let (low, high) = (parse(low)?, parse(high)?);
+        if low > high {
+            return Err(format!("{s:?}: the low end {low} is above the high end {high}"));
+        }
+        Ok(Self(low..=high))
+    }
+}
+
+impl<T: std::fmt::Display> std::fmt::Display for NumberRange<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}-{}", self.0.start(), self.0.end())
+    }
+}
+
+/// Process exit codes (sysexits), so supervisors can tell bad configuration
+/// from runtime failure.
+pub mod exit {
+    pub const RUNTIME: i32 = 1;
+    pub const USAGE: i32 = 64;
+    pub const CONFIG: i32 = 78;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges_parse_and_refuse_nonsense() {
+        let r: NumberRange<u16> = "20000-32000".parse().unwrap();
+        assert_eq!(r.0, 20000..=32000);
+        assert!("32000-20000".parse::<NumberRange<u16>>().is_err());
+        assert!("20000".parse::<NumberRange<u16>>().is_err());
+        assert!("1-70000".parse::<NumberRange<u16>>().is_err());
+        assert_eq!("10-63".parse::<NumberRange<u8>>().unwrap().to_string(), "10-63");
+    }
+
+    #[test]
+    fn env_names_are_tag_safe() {
+        assert!(parse_env_name("prod-eu_1").is_ok());
+        assert!(parse_env_name("").is_err());
+        assert!(parse_env_name("a b").is_err());
+    }
+}

@@ -1,0 +1,16 @@
+//! Pieces both Berth services share: the vocabulary (ids and statuses), the
+//! database (pool, schema, guarded updates), the IMDSv2 client, TLS with
+//! fingerprint pinning, session tokens, configuration helpers and telemetry.
+
+#![warn(missing_debug_implementations, rust_2018_idioms)]
+
+pub mod atomic_file;
+pub mod auth;
+pub mod config;
+pub mod db;
+pub mod ids;
+pub mod imds;
+pub mod telemetry;
+pub mod tls;
+
+pub use ids::{HostId, HostStatus, ImageStatus, LaunchState, DeployState, SessionId, SessionStatus};
