@@ -1,0 +1,172 @@
+//! The daemon's settings: every one a `--flag` with an environment variable
+//! (configuration contract in DESIGN.md), so the systemd unit, the local
+//! provider and the tests drive it the same way.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use berth_common::config::{CommonArgs, NumberRange};
+use clap::{ArgAction, Parser, Subcommand, ValueEnum};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "host-service",
+    version,
+    about = "Berth's host daemon: registers this instance, keeps warm session containers and finishes sessions for users.",
+    long_about = "Berth's host daemon. Run as root under systemd on every host. It reads its identity from \
+EC2 instance metadata (IMDSv2) or, with --local, from flags; registers the host in PostgreSQL; keeps \
+free_slots warm session containers; and when the scaler allocates a session, finishes it for the user's \
+client over HTTPS (PUT /json_transport). SIGTERM stops the daemon only (sessions keep running); the host \
+ends when its row turns DRAINING or `host-service drain` is run."
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub config: Config,
+
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the daemon (the default).
+    Run,
+    /// Mark this host DRAINING; the running daemon then drains and exits.
+    Drain,
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct Config {
+    #[command(flatten)]
+    pub common: CommonArgs,
+
+    /// Instance metadata (IMDSv2) base URL.
+    #[arg(long, env = "BERTH_IMDS_ENDPOINT", default_value = berth_common::imds::DEFAULT_ENDPOINT)]
+    pub imds_endpoint: String,
+
+    /// Run without EC2: identity from the --local-* flags, and the host registers itself.
+    #[arg(long, env = "BERTH_LOCAL", default_value_t = false, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub local: bool,
+
+    /// Local mode: this host's id.
+    #[arg(long, env = "BERTH_LOCAL_HOST_ID", default_value = "local-1")]
+    pub local_host_id: String,
+
+    /// Local mode: region name recorded for this host.
+    #[arg(long, env = "BERTH_LOCAL_REGION", default_value = "local")]
+    pub local_region: String,
+
+    /// Local mode: image id recorded for this host.
+    #[arg(long, env = "BERTH_LOCAL_IMAGE_ID", default_value = "local")]
+    pub local_image_id: String,
+
+    /// Local mode: instance type recorded for this host.
+    #[arg(long, env = "BERTH_LOCAL_INSTANCE_TYPE", default_value = "local")]
+    pub local_instance_type: String,
+
+    /// Local mode: sessions this host runs at once.
+    #[arg(long, env = "BERTH_LOCAL_CAPACITY", default_value_t = 4)]
+    pub local_capacity: u16,
+
+    /// Address clients reach this host at (overrides metadata; local mode default 127.0.0.1).
+    #[arg(long, env = "BERTH_PUBLIC_IP")]
+    pub public_ip: Option<IpAddr>,
+
+    /// Directory for the TLS key and certificate, sessions/, sockets/ and logs/.
+    #[arg(long, env = "BERTH_STATE_DIR", default_value = "/var/lib/berth")]
+    pub state_dir: PathBuf,
+
+    /// HTTPS listen address of the host API.
+    #[arg(long, env = "BERTH_API_ADDR", default_value = "0.0.0.0:4678")]
+    pub api_addr: SocketAddr,
+
+    /// Host ports handed to sessions. Keep it outside the kernel's ephemeral
+    /// range (ip_local_port_range, usually 32768-60999) or binds fail at random.
+    #[arg(long, env = "BERTH_PORT_RANGE", default_value = "20000-32000")]
+    pub port_range: NumberRange<u16>,
+
+    /// TTY numbers handed to sessions, mapped into containers as /dev/ttyN.
+    #[arg(long, env = "BERTH_TTY_RANGE", default_value = "10-63")]
+    pub tty_range: NumberRange<u8>,
+
+    /// Virtual input devices: `on` = required, `off` = never, `auto` = when /dev/uinput exists.
+    #[arg(long, env = "BERTH_UINPUT", value_enum, default_value_t = UinputMode::Auto)]
+    pub uinput: UinputMode,
+
+    /// Heartbeat period in seconds (jittered by ±10 %).
+    #[arg(long, env = "BERTH_HEARTBEAT_SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub heartbeat_secs: u64,
+
+    /// Runtime (row of the `runtimes` table) whose containers this host keeps warm.
+    #[arg(long, env = "BERTH_RUNTIME", default_value = "desktop")]
+    pub runtime: String,
+
+    /// Seconds an allocated session waits for its client's json_transport before it is torn down.
+    #[arg(long, env = "BERTH_CLIENT_TIMEOUT_SECS", default_value_t = 60)]
+    pub client_timeout_secs: u64,
+
+    /// Seconds a draining host lets running sessions finish before stopping them.
+    #[arg(long, env = "BERTH_DRAIN_DEADLINE_SECS", default_value_t = 3600)]
+    pub drain_deadline_secs: u64,
+
+    /// Seconds a container gets between SIGTERM and SIGKILL on teardown.
+    #[arg(long, env = "BERTH_STOP_GRACE_SECS", default_value_t = 10)]
+    pub stop_grace_secs: u32,
+
+    /// Host address session ports are published on.
+    #[arg(long, env = "BERTH_PUBLISH_IP", default_value = "0.0.0.0")]
+    pub publish_ip: IpAddr,
+
+    /// Largest accepted request body in bytes (json_transport).
+    #[arg(long, env = "BERTH_MAX_BODY_BYTES", default_value_t = 1 << 20)]
+    pub max_body_bytes: usize,
+
+    /// Extra Docker security options for session containers (e.g. apparmor=berth-session), comma-separated.
+    #[arg(long, env = "BERTH_SECURITY_OPTS", value_delimiter = ',')]
+    pub security_opts: Vec<String>,
+
+    /// Capabilities added back after all are dropped, comma-separated.
+    #[arg(
+        long,
+        env = "BERTH_CAP_ADD",
+        value_delimiter = ',',
+        default_value = "CHOWN,DAC_OVERRIDE,FOWNER,SETUID,SETGID,KILL,NET_BIND_SERVICE"
+    )]
+    pub cap_add: Vec<String>,
+
+    /// Most warm containers created at the same time while refilling the pool.
+    #[arg(long, env = "BERTH_WARM_CONCURRENCY", default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub warm_concurrency: u16,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum UinputMode {
+    On,
+    Off,
+    Auto,
+}
+
+impl Config {
+    pub fn heartbeat_period(&self) -> Duration {
+        Duration::from_secs(self.heartbeat_secs)
+    }
+    pub fn client_timeout(&self) -> Duration {
+        Duration::from_secs(self.client_timeout_secs)
+    }
+    pub fn drain_deadline(&self) -> Duration {
+        Duration::from_secs(self.drain_deadline_secs)
+    }
+    pub fn sessions_dir(&self) -> PathBuf {
+        self.state_dir.join("sessions")
+    }
+    pub fn sockets_dir(&self) -> PathBuf {
+        self.state_dir.join("sockets")
+    }
+    pub fn logs_dir(&self) -> PathBuf {
+        self.state_dir.join("logs")
+    }
+    pub fn tls_dir(&self) -> PathBuf {
+        self.state_dir.join("tls")
+    }
+}

@@ -1,0 +1,182 @@
+//! Boot and run: connect, learn who we are, register, reconcile, start the
+//! tasks, and stop cleanly. Stop (SIGTERM) leaves every session running for
+//! the next start to adopt; a finished drain ends the host.
+
+use std::fs;
+use std::net::SocketAddr;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use berth_common::{db, tls::HostIdentity};
+use tokio::net::TcpListener;
+
+use crate::config::Config;
+use crate::docker::DockerEngine;
+use crate::host::Host;
+use crate::registry::{self, Endpoint, Registration};
+use crate::runtime::RuntimeSpec;
+use crate::{
+    api, container_events, drain, heartbeat, hints, reconcile, resources, warm_pool, Error,
+};
+
+/// Tasks get this long to finish after a stop before the daemon exits anyway.
+const STOP_GRACE: Duration = Duration::from_secs(30);
+
+/// A started daemon.
+#[derive(Debug)]
+pub struct Daemon {
+    pub host: Arc<Host>,
+    pub api_addr: SocketAddr,
+    pub cert_sha256: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    /// Stopped (SIGTERM): sessions keep running.
+    Stopped,
+    /// Drained: the host is over.
+    Drained,
+}
+
+pub async fn start(config: Config) -> Result<Daemon, Error> {
+    let pool = db::connect(&config.common.database_url, "host-service", 16).await?;
+    if config.common.migrate {
+        db::migrate(&pool).await?;
+    }
+    let me = registry::identity(&config).await?;
+    let booted = boot(config, pool.clone(), &me).await;
+    if let Err(error) = &booted {
+        registry::death_notice(&pool, &me.host_id, &error.to_string()).await;
+    }
+    booted
+}
+
+async fn boot(
+    config: Config,
+    pool: sqlx::PgPool,
+    me: &registry::Identity,
+) -> Result<Daemon, Error> {
+    let docker = DockerEngine::connect().await?;
+    let uinput_enabled = resources::uinput::enabled(config.uinput)?;
+    prepare_state_dir(&config)?;
+    let mut names = vec![me.host_id.to_string(), "localhost".to_owned()];
+    names.extend(
+        me.public_ip
+            .iter()
+            .chain(&me.private_ip)
+            .map(|ip| ip.to_string()),
+    );
+    let identity = HostIdentity::load_or_generate(&config.tls_dir(), &names)?;
+    let tls = Arc::new(identity.server_config()?);
+    let runtime = RuntimeSpec::load(&pool, &config.runtime).await?;
+    let listener = TcpListener::bind(config.api_addr)
+        .await
+        .map_err(|source| Error::Bind {
+            addr: config.api_addr,
+            source,
+        })?;
+    let api_addr = listener.local_addr().map_err(|source| Error::Bind {
+        addr: config.api_addr,
+        source,
+    })?;
+
+    let endpoint = Endpoint {
+        api_port: api_addr.port(),
+        cert_sha256: &identity.sha256_hex,
+        version: env!("CARGO_PKG_VERSION"),
+    };
+    let local_capacity = config.local.then_some(i32::from(config.local_capacity));
+    let registration = registry::register(&pool, me, &endpoint, local_capacity).await?;
+    let capacity = match registration {
+        Registration::Active { capacity } => capacity,
+        Registration::Draining => registry::status(&pool, &me.host_id)
+            .await?
+            .map(|_| 0)
+            .unwrap_or(0),
+    };
+    tracing::info!(host = %me.host_id, %api_addr, capacity, runtime = runtime.name, uinput = uinput_enabled, "registered");
+
+    let host = Arc::new(Host::new(
+        config,
+        me.host_id.clone(),
+        pool,
+        docker,
+        runtime,
+        uinput_enabled,
+        capacity,
+    ));
+    reconcile::reconcile(&host).await?;
+    host.tasks.spawn(api::serve(host.clone(), listener, tls));
+    host.tasks.spawn(hints::run(host.clone()));
+    host.tasks.spawn(container_events::run(host.clone()));
+    host.tasks.spawn(heartbeat::run(host.clone()));
+    host.tasks.spawn(heartbeat::watchdog(host.clone()));
+    if registration == Registration::Draining {
+        drain::start(&host);
+    } else {
+        host.tasks.spawn(warm_pool::run(host.clone()));
+    }
+    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
+    Ok(Daemon {
+        host,
+        api_addr,
+        cert_sha256: identity.sha256_hex,
+    })
+}
+
+impl Daemon {
+    /// Runs until `shutdown` resolves (stop) or a drain finishes.
+    pub async fn run_until(self, shutdown: impl std::future::Future<Output = ()>) -> Exit {
+        tokio::select! {
+            _ = shutdown => tracing::info!("stopping; sessions keep running for the next start to adopt"),
+            _ = self.host.stop.cancelled() => {}
+        }
+        self.stop().await
+    }
+
+    /// Stops every task of the daemon; containers are left alone.
+    pub async fn stop(self) -> Exit {
+        let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
+        self.host.stop.cancel();
+        self.host.tasks.close();
+        if tokio::time::timeout(STOP_GRACE, self.host.tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("some tasks did not finish within the stop grace");
+        }
+        if self.host.drained.is_cancelled() {
+            Exit::Drained
+        } else {
+            Exit::Stopped
+        }
+    }
+}
+
+/// The state root is 0700: it holds the TLS key and every session's config.
+fn prepare_state_dir(config: &Config) -> Result<(), Error> {
+    let io = |path: &Path| {
+        let path = path.to_owned();
+        move |source| Error::StateDir { path, source }
+    };
+    let root = &config.state_dir;
+    fs::create_dir_all(root).map_err(io(root))?;
+    fs::set_permissions(root, fs::Permissions::from_mode(0o700)).map_err(io(root))?;
+    for dir in [
+        config.sessions_dir(),
+        config.sockets_dir(),
+        config.logs_dir(),
+    ] {
+        fs::create_dir_all(&dir).map_err(io(&dir))?;
+    }
+    Ok(())
+}
+
+/// `host-service drain`: marks this host DRAINING; the running daemon does the rest.
+pub async fn request_drain(config: &Config) -> Result<bool, Error> {
+    let pool = db::connect(&config.common.database_url, "host-service drain", 1).await?;
+    let me = registry::identity(config).await?;
+    Ok(registry::request_drain(&pool, &me.host_id, "host-service drain").await?)
+}

@@ -1,0 +1,377 @@
+//! Session containers through the Docker Engine API (bollard). Names and
+//! labels come only from typed ids, never from request input.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use berth_common::{HostId, SessionId};
+use bollard::errors::Error as BollardError;
+use bollard::models::{
+    ContainerCreateBody, ContainerSummary, EventMessage, HostConfig, PortBinding, RestartPolicy,
+    RestartPolicyNameEnum,
+};
+use bollard::query_parameters::{
+    CreateContainerOptionsBuilder, EventsOptionsBuilder, ListContainersOptionsBuilder,
+    RemoveContainerOptionsBuilder, StopContainerOptionsBuilder,
+};
+use bollard::Docker;
+use futures_util::Stream;
+
+use crate::resources::devices::{device_mappings, SessionDevices};
+use crate::resources::PortMapping;
+use crate::runtime::RuntimeSpec;
+
+pub const LABEL_SESSION: &str = "berth.session";
+pub const LABEL_HOST: &str = "berth.host";
+pub const LABEL_TTY: &str = "berth.tty";
+pub const LABEL_PORTS: &str = "berth.ports";
+pub const LABEL_UINPUT: &str = "berth.uinput";
+pub const LABEL_RUNTIME: &str = "berth.runtime";
+
+/// Where the session directory appears inside the container.
+pub const SESSION_DIR_IN_CONTAINER: &str = "/berth";
+pub const SOCKETS_DIR_IN_CONTAINER: &str = "/tmp/sockets";
+pub const LOGS_DIR_IN_CONTAINER: &str = "/var/log/berth";
+
+/// Docker answers slowly when the machine is loaded; a bounded wait for
+/// response headers still catches a wedged daemon.
+const DOCKER_TIMEOUT: Duration = Duration::from_secs(60);
+
+#[derive(Debug, thiserror::Error)]
+pub enum DockerError {
+    #[error("connecting to the Docker engine: {0}; check dockerd runs and /var/run/docker.sock (or DOCKER_HOST) is reachable")]
+    Connect(#[source] BollardError),
+    #[error("{doing} container {container}: {source}")]
+    Call {
+        doing: &'static str,
+        container: String,
+        #[source]
+        source: BollardError,
+    },
+    #[error("listing Berth's containers: {0}")]
+    List(#[source] BollardError),
+}
+
+#[derive(Clone, Debug)]
+pub struct DockerEngine {
+    docker: Docker,
+}
+
+/// Everything a session container is made from.
+#[derive(Debug)]
+pub struct ContainerSpec<'a> {
+    pub session: SessionId,
+    pub host: &'a HostId,
+    pub runtime: &'a RuntimeSpec,
+    pub tty: Option<u8>,
+    pub ports: &'a [PortMapping],
+    pub input_event_nodes: Vec<&'a Path>,
+    pub session_dir: &'a Path,
+    pub sockets_dir: &'a Path,
+    pub logs_dir: &'a Path,
+    pub publish_ip: IpAddr,
+    pub cap_add: &'a [String],
+    pub security_opts: &'a [String],
+}
+
+/// `berth-<uuid>`: only `[A-Za-z0-9_.-]`, because it is built from a UUID.
+pub fn container_name(session: SessionId) -> String {
+    format!("berth-{session}")
+}
+
+fn is_not_found(e: &BollardError) -> bool {
+    matches!(
+        e,
+        BollardError::DockerResponseServerError {
+            status_code: 404,
+            ..
+        }
+    )
+}
+
+fn is_not_modified(e: &BollardError) -> bool {
+    matches!(
+        e,
+        BollardError::DockerResponseServerError {
+            status_code: 304,
+            ..
+        }
+    )
+}
+
+impl DockerEngine {
+    /// Connects to the local engine and agrees on an API version it speaks
+    /// (Docker 20.10 only knows 1.41).
+    pub async fn connect() -> Result<Self, DockerError> {
+        let docker = Docker::connect_with_local_defaults()
+            .map_err(DockerError::Connect)?
+            .with_timeout(DOCKER_TIMEOUT);
+        let docker = docker
+            .negotiate_version()
+            .await
+            .map_err(DockerError::Connect)?;
+        docker.ping().await.map_err(DockerError::Connect)?;
+        Ok(Self { docker })
+    }
+
+    pub fn client(&self) -> &Docker {
+        &self.docker
+    }
+
+    pub async fn ping(&self) -> bool {
+        self.docker.ping().await.is_ok()
+    }
+
+    /// Creates and starts the container; on a failed start the half-made
+    /// container is removed so nothing is left behind.
+    pub async fn create_and_start(&self, spec: &ContainerSpec<'_>) -> Result<String, DockerError> {
+        let name = container_name(spec.session);
+        let body = container_body(spec);
+        let options = CreateContainerOptionsBuilder::new().name(&name).build();
+        let created = self
+            .docker
+            .create_container(Some(options), body)
+            .await
+            .map_err(|source| DockerError::Call {
+                doing: "creating",
+                container: name.clone(),
+                source,
+            })?;
+        if let Err(source) = self
+            .docker
+            .start_container(
+                &created.id,
+                None::<bollard::query_parameters::StartContainerOptions>,
+            )
+            .await
+        {
+            let _ = self.remove(&created.id).await;
+            return Err(DockerError::Call {
+                doing: "starting",
+                container: name,
+                source,
+            });
+        }
+        Ok(created.id)
+    }
+
+    /// Stops (SIGTERM, then SIGKILL after `grace`) and removes. Idempotent: a
+    /// container that is already stopped or gone is fine.
+    pub async fn stop_and_remove(&self, container: &str, grace: u32) -> Result<(), DockerError> {
+        let options = StopContainerOptionsBuilder::new().t(grace as i32).build();
+        match self.docker.stop_container(container, Some(options)).await {
+            Ok(()) => {}
+            Err(e) if is_not_found(&e) || is_not_modified(&e) => {}
+            Err(source) => {
+                return Err(DockerError::Call {
+                    doing: "stopping",
+                    container: container.to_owned(),
+                    source,
+                })
+            }
+        }
+        self.remove(container).await
+    }
+
+    async fn remove(&self, container: &str) -> Result<(), DockerError> {
+        let options = RemoveContainerOptionsBuilder::new()
+            .force(true)
+            .v(true)
+            .build();
+        match self.docker.remove_container(container, Some(options)).await {
+            Ok(()) => Ok(()),
+            Err(e) if is_not_found(&e) => Ok(()),
+            // 409: removal already in progress — the container is on its way out.
+            Err(BollardError::DockerResponseServerError {
+                status_code: 409, ..
+            }) => Ok(()),
+            Err(source) => Err(DockerError::Call {
+                doing: "removing",
+                container: container.to_owned(),
+                source,
+            }),
+        }
+    }
+
+    /// The container's address on its network, which readiness probes use.
+    pub async fn container_ip(&self, container: &str) -> Result<Option<IpAddr>, DockerError> {
+        let inspected = self
+            .docker
+            .inspect_container(
+                container,
+                None::<bollard::query_parameters::InspectContainerOptions>,
+            )
+            .await
+            .map_err(|source| DockerError::Call {
+                doing: "inspecting",
+                container: container.to_owned(),
+                source,
+            })?;
+        let settings = inspected.network_settings.unwrap_or_default();
+        let from_networks = settings
+            .networks
+            .unwrap_or_default()
+            .into_values()
+            .filter_map(|n| n.ip_address)
+            .find(|ip| !ip.is_empty());
+        let ip = from_networks.or(settings.ip_address.filter(|ip| !ip.is_empty()));
+        Ok(ip.and_then(|ip| ip.parse().ok()))
+    }
+
+    /// Whether the container exists and runs.
+    pub async fn is_running(&self, container: &str) -> Result<bool, DockerError> {
+        match self
+            .docker
+            .inspect_container(
+                container,
+                None::<bollard::query_parameters::InspectContainerOptions>,
+            )
+            .await
+        {
+            Ok(c) => Ok(c.state.and_then(|s| s.running).unwrap_or(false)),
+            Err(e) if is_not_found(&e) => Ok(false),
+            Err(source) => Err(DockerError::Call {
+                doing: "inspecting",
+                container: container.to_owned(),
+                source,
+            }),
+        }
+    }
+
+    /// Every container (running or not) labelled as this host's.
+    pub async fn list_host_containers(
+        &self,
+        host: &HostId,
+    ) -> Result<Vec<ContainerSummary>, DockerError> {
+        let filters = HashMap::from([("label", vec![format!("{LABEL_HOST}={host}")])]);
+        let options = ListContainersOptionsBuilder::new()
+            .all(true)
+            .filters(&filters)
+            .build();
+        self.docker
+            .list_containers(Some(options))
+            .await
+            .map_err(DockerError::List)
+    }
+
+    /// `die` events of this host's containers.
+    pub fn container_deaths(
+        &self,
+        host: &HostId,
+    ) -> impl Stream<Item = Result<EventMessage, BollardError>> + use<> {
+        let filters = HashMap::from([
+            ("type", vec!["container".to_owned()]),
+            ("event", vec!["die".to_owned()]),
+            ("label", vec![format!("{LABEL_HOST}={host}")]),
+        ]);
+        self.docker
+            .events(Some(EventsOptionsBuilder::new().filters(&filters).build()))
+    }
+}
+
+fn container_body(spec: &ContainerSpec<'_>) -> ContainerCreateBody {
+    let rt = spec.runtime;
+    let mut labels = HashMap::from([
+        (LABEL_SESSION.to_owned(), spec.session.to_string()),
+        (LABEL_HOST.to_owned(), spec.host.to_string()),
+        (LABEL_RUNTIME.to_owned(), rt.name.clone()),
+        (
+            LABEL_PORTS.to_owned(),
+            serde_json::to_string(spec.ports).unwrap_or_else(|_| "[]".to_owned()),
+        ),
+    ]);
+    if let Some(tty) = spec.tty {
+        labels.insert(LABEL_TTY.to_owned(), tty.to_string());
+    }
+    let nodes: Vec<String> = spec
+        .input_event_nodes
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect();
+    labels.insert(
+        LABEL_UINPUT.to_owned(),
+        serde_json::to_string(&nodes).unwrap_or_else(|_| "[]".to_owned()),
+    );
+
+    let mut env: Vec<String> = rt.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    env.push(format!("BERTH_SESSION_ID={}", spec.session));
+    env.push(format!(
+        "BERTH_CONFIG={SESSION_DIR_IN_CONTAINER}/config.json"
+    ));
+    if let Some(tty) = spec.tty {
+        env.push(format!("BERTH_TTY={tty}"));
+    }
+
+    let exposed = spec
+        .ports
+        .iter()
+        .map(|m| (port_key(m), HashMap::new()))
+        .collect();
+    let bindings = spec
+        .ports
+        .iter()
+        .map(|m| {
+            let binding = PortBinding {
+                host_ip: Some(spec.publish_ip.to_string()),
+                host_port: Some(m.host_port.to_string()),
+            };
+            (port_key(m), Some(vec![binding]))
+        })
+        .collect();
+    let (devices, device_cgroup_rules) = device_mappings(&SessionDevices {
+        tty: spec.tty,
+        input_event_nodes: spec.input_event_nodes.clone(),
+    });
+    let binds = vec![
+        format!("{}:{SESSION_DIR_IN_CONTAINER}", spec.session_dir.display()),
+        format!("{}:{SOCKETS_DIR_IN_CONTAINER}", spec.sockets_dir.display()),
+        format!("{}:{LOGS_DIR_IN_CONTAINER}", spec.logs_dir.display()),
+    ];
+    let tmpfs = HashMap::from([
+        ("/run".to_owned(), "rw,size=52428800".to_owned()),
+        ("/run/lock".to_owned(), "rw,size=52428800".to_owned()),
+    ]);
+    let mut security_opt = vec!["no-new-privileges".to_owned()];
+    security_opt.extend(spec.security_opts.iter().cloned());
+
+    ContainerCreateBody {
+        image: Some(rt.image.clone()),
+        labels: Some(labels),
+        env: Some(env),
+        exposed_ports: Some(exposed),
+        host_config: Some(HostConfig {
+            port_bindings: Some(bindings),
+            devices: Some(devices),
+            device_cgroup_rules: Some(device_cgroup_rules),
+            binds: Some(binds),
+            tmpfs: Some(tmpfs),
+            shm_size: Some(rt.shm_mib * 1024 * 1024),
+            memory: Some(rt.memory_mib * 1024 * 1024),
+            // Equal to memory: no swap on top, so a runaway session cannot thrash the host.
+            memory_swap: Some(rt.memory_mib * 1024 * 1024),
+            cpu_shares: Some(rt.cpu_shares),
+            pids_limit: Some(4096),
+            cap_drop: Some(vec!["ALL".to_owned()]),
+            cap_add: Some(spec.cap_add.to_vec()),
+            security_opt: Some(security_opt),
+            restart_policy: Some(RestartPolicy {
+                name: Some(RestartPolicyNameEnum::NO),
+                maximum_retry_count: None,
+            }),
+            init: Some(false),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn port_key(m: &PortMapping) -> String {
+    format!("{}/{}", m.container_port, m.protocol.as_str())
+}
+
+/// Reads a label.
+pub fn label<'a>(summary: &'a ContainerSummary, key: &str) -> Option<&'a str> {
+    summary.labels.as_ref()?.get(key).map(String::as_str)
+}

@@ -1,0 +1,70 @@
+//! Draining ends the host: warm sessions go at once, running ones may finish
+//! until the deadline (then they are stopped), the row becomes TERMINATING and
+//! the daemon exits 0. Started by the row turning DRAINING.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::future::join_all;
+
+use crate::host::Host;
+use crate::registry;
+use crate::session::teardown::teardown;
+use crate::session::Phase;
+
+/// Starts the drain once; later calls do nothing.
+pub fn start(host: &Arc<Host>) {
+    if host.draining.send_replace(true) {
+        return;
+    }
+    let host2 = host.clone();
+    host.tasks.spawn(async move { run(host2).await });
+}
+
+async fn run(host: Arc<Host>) {
+    let deadline = tokio::time::Instant::now() + host.config.drain_deadline();
+    tracing::warn!(
+        deadline_s = host.config.drain_deadline_secs,
+        "host is DRAINING"
+    );
+    let warm: Vec<_> = host
+        .sessions()
+        .into_iter()
+        .filter(|s| matches!(*s.phase(), Phase::Waiting))
+        .collect();
+    join_all(
+        warm.iter()
+            .map(|s| teardown(&host, s, "the host is draining")),
+    )
+    .await;
+    loop {
+        let left = host.sessions();
+        if left.is_empty() {
+            break;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            tracing::warn!(
+                sessions = left.len(),
+                "drain deadline reached; stopping the remaining sessions"
+            );
+            join_all(
+                left.iter()
+                    .map(|s| teardown(&host, s, "the host's drain deadline passed")),
+            )
+            .await;
+            continue;
+        }
+        // A stop (SIGTERM) during a drain leaves the rest to the next start.
+        tokio::select! {
+            _ = host.stop.cancelled() => return,
+            _ = host.refill.notified() => {}
+            _ = tokio::time::sleep_until(deadline.min(tokio::time::Instant::now() + Duration::from_secs(1))) => {}
+        }
+    }
+    if let Err(error) = registry::mark_terminating(&host.db, &host.id).await {
+        tracing::error!(%error, "could not mark the host TERMINATING");
+    }
+    tracing::warn!("drained; host-service exits");
+    host.drained.cancel();
+    host.stop.cancel();
+}

@@ -1,0 +1,77 @@
+//! Berth's host daemon as a library, so tests drive the real thing in-process.
+
+#![warn(missing_debug_implementations, rust_2018_idioms)]
+
+pub mod api;
+pub mod config;
+pub mod container_events;
+pub mod daemon;
+pub mod docker;
+pub mod drain;
+pub mod heartbeat;
+pub mod hints;
+pub mod host;
+pub mod metrics;
+pub mod readiness;
+pub mod reconcile;
+pub mod registry;
+pub mod resources;
+pub mod runtime;
+pub mod session;
+pub mod warm_pool;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use berth_common::config::exit;
+
+/// Why the daemon could not start or run.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Db(#[from] berth_common::db::DbError),
+    #[error(transparent)]
+    Docker(#[from] docker::DockerError),
+    #[error(transparent)]
+    Registry(#[from] registry::RegistryError),
+    #[error(transparent)]
+    Runtime(#[from] runtime::RuntimeError),
+    #[error(transparent)]
+    Tls(#[from] berth_common::tls::TlsError),
+    #[error(transparent)]
+    Input(#[from] resources::uinput::InputError),
+    #[error("binding the host API on {addr}: {source}; is another host-service running, or is BERTH_API_ADDR wrong?")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "preparing the state directory {path}: {source}; BERTH_STATE_DIR must be writable by root"
+    )]
+    StateDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl Error {
+    /// Configuration problems exit 78 (EX_CONFIG) so systemd and operators can
+    /// tell them from runtime failures (1).
+    pub fn exit_code(&self) -> i32 {
+        use registry::RegistryError as R;
+        match self {
+            Error::Registry(
+                R::Mismatch { .. } | R::NotLaunched(_) | R::LocalId(_) | R::Ended { .. },
+            )
+            | Error::Runtime(
+                runtime::RuntimeError::Unknown(_) | runtime::RuntimeError::Invalid { .. },
+            )
+            | Error::Input(resources::uinput::InputError::Required(_))
+            | Error::Bind { .. }
+            | Error::StateDir { .. } => exit::CONFIG,
+            _ => exit::RUNTIME,
+        }
+    }
+}

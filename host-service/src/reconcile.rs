@@ -1,0 +1,176 @@
+//! Adopt-or-reap at start. A restart (upgrade, crash, systemd) must cost no
+//! running session, so the daemon rebuilds its tables from Docker's labels:
+//! containers whose row is live are adopted (TTY and ports re-reserved), the
+//! rest are removed, rows without a container are deleted, and stray session
+//! directories are cleaned up.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use berth_common::{SessionId, SessionStatus};
+
+use crate::docker::{label, LABEL_PORTS, LABEL_RUNTIME, LABEL_SESSION, LABEL_TTY};
+use crate::host::Host;
+use crate::resources::PortMapping;
+use crate::session::dir::SessionPaths;
+use crate::session::{Owner, Phase, Session};
+
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Report {
+    pub adopted: usize,
+    pub reaped_containers: usize,
+    pub deleted_rows: usize,
+    pub removed_dirs: usize,
+}
+
+#[derive(sqlx::FromRow)]
+struct Row {
+    id: SessionId,
+    status: SessionStatus,
+    user_id: Option<String>,
+    token_sha256: Option<String>,
+}
+
+pub async fn reconcile(host: &Arc<Host>) -> Result<Report, crate::Error> {
+    let mut report = Report::default();
+    let containers = host.docker.list_host_containers(&host.id).await?;
+    let rows: Vec<Row> =
+        sqlx::query_as("SELECT id, status, user_id, token_sha256 FROM sessions WHERE host_id = $1")
+            .bind(&host.id)
+            .fetch_all(&host.db)
+            .await
+            .map_err(berth_common::db::DbError::query(
+                "reading this host's sessions",
+            ))?;
+    let mut rows: HashMap<SessionId, Row> = rows.into_iter().map(|r| (r.id, r)).collect();
+
+    for container in containers {
+        let Some(container_id) = container.id.clone() else {
+            continue;
+        };
+        let running = container
+            .state
+            .as_ref()
+            .is_some_and(|s| s.to_string() == "running");
+        let id = label(&container, LABEL_SESSION).and_then(|v| v.parse::<SessionId>().ok());
+        let row = id.and_then(|id| rows.remove(&id));
+        let adopted = match (id, row, running) {
+            (Some(id), Some(row), true) => adopt(host, id, &container_id, &container, row).await,
+            _ => false,
+        };
+        if adopted {
+            report.adopted += 1;
+            continue;
+        }
+        if let Err(error) = host.docker.stop_and_remove(&container_id, 1).await {
+            tracing::error!(container = container_id, %error, "reaping a stray session container failed");
+        }
+        if let Some(id) = id {
+            let _ = SessionPaths::new(&host.config, id).remove();
+            let _ = sqlx::query("DELETE FROM sessions WHERE id = $1")
+                .bind(id)
+                .execute(&host.db)
+                .await;
+        }
+        report.reaped_containers += 1;
+    }
+    // Rows whose container is gone: the session cannot be served any more.
+    for id in rows.keys() {
+        let _ = sqlx::query("DELETE FROM sessions WHERE id = $1")
+            .bind(id)
+            .execute(&host.db)
+            .await;
+        report.deleted_rows += 1;
+    }
+    report.removed_dirs = remove_stray_dirs(host);
+    tracing::info!(?report, "reconciled with Docker and the database");
+    Ok(report)
+}
+
+async fn adopt(
+    host: &Arc<Host>,
+    id: SessionId,
+    container_id: &str,
+    container: &bollard::models::ContainerSummary,
+    row: Row,
+) -> bool {
+    // A container of another runtime (the host's setting changed) is not ours to keep warm.
+    if label(container, LABEL_RUNTIME) != Some(host.runtime.name.as_str()) {
+        return false;
+    }
+    let tty = label(container, LABEL_TTY).and_then(|t| t.parse::<u8>().ok());
+    let ports: Vec<PortMapping> = label(container, LABEL_PORTS)
+        .and_then(|p| serde_json::from_str(p).ok())
+        .unwrap_or_default();
+    let owner = row
+        .user_id
+        .zip(row.token_sha256)
+        .map(|(user_id, token_sha256)| Owner {
+            user_id,
+            token_sha256,
+        });
+    let phase = match (row.status, owner) {
+        (SessionStatus::Waiting | SessionStatus::Allocated, _) => Phase::Waiting,
+        (SessionStatus::Running, Some(owner)) => Phase::Running(owner),
+        // A session half-way through finishing cannot be resumed: the client's
+        // request died with the old daemon. It is reaped; the client retries.
+        _ => return false,
+    };
+    {
+        let mut resources = host.resources();
+        let tty_ok = tty.is_none_or(|t| resources.ttys.reserve(t));
+        if !tty_ok || !resources.ports.reserve(&ports) {
+            if let Some(t) = tty.filter(|_| tty_ok) {
+                resources.ttys.release(t);
+            }
+            return false;
+        }
+    }
+    let container_ip = host.docker.container_ip(container_id).await.ok().flatten();
+    let paths = SessionPaths::new(&host.config, id);
+    // Input devices died with the old daemon's fds unless the app holds them;
+    // an adopted session keeps whatever it has.
+    let session = Session::new(
+        id,
+        host.runtime.clone(),
+        paths,
+        tty,
+        ports,
+        container_id.to_owned(),
+        container_ip,
+        None,
+        phase,
+    );
+    host.insert_session(Arc::new(session));
+    true
+}
+
+/// Removes session/socket/log directories that belong to no adopted session.
+/// Only names that parse as session ids are touched.
+fn remove_stray_dirs(host: &Host) -> usize {
+    let mut removed = 0;
+    for root in [
+        host.config.sessions_dir(),
+        host.config.sockets_dir(),
+        host.config.logs_dir(),
+    ] {
+        let Ok(entries) = std::fs::read_dir(&root) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let Some(id) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<SessionId>().ok())
+            else {
+                continue;
+            };
+            if host.session(id).is_none()
+                && std::fs::remove_dir_all(root.join(id.to_string())).is_ok()
+            {
+                removed += 1;
+            }
+        }
+    }
+    removed
+}

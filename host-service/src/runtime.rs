@@ -1,0 +1,197 @@
+//! A runtime's container settings, read from the `runtimes` table.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::Deserialize;
+use sqlx::PgPool;
+
+use crate::resources::ports::ContainerPort;
+
+/// How the host knows a session's app is ready to serve.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Readiness {
+    /// `GET http://<container>:port/path` answers 2xx.
+    Http { port: u16, path: String },
+    /// Something accepts TCP connections on the port.
+    Tcp { port: u16 },
+    /// The app created this file in its session directory (`/berth/<path>`).
+    File { path: String },
+}
+
+#[derive(Clone, Debug)]
+pub struct RuntimeSpec {
+    pub name: String,
+    pub image: String,
+    pub ports: Vec<ContainerPort>,
+    pub env: BTreeMap<String, String>,
+    pub memory_mib: i64,
+    pub cpu_shares: i64,
+    pub shm_mib: i64,
+    pub needs_tty: bool,
+    pub needs_uinput: bool,
+    pub readiness: Readiness,
+    pub ready_timeout: Duration,
+    pub idle_timeout: Option<Duration>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error("runtime {0:?} is not in the runtimes table; add it (INSERT INTO runtimes …) or set BERTH_RUNTIME to one that is")]
+    Unknown(String),
+    #[error("runtime {name:?} has an invalid {field}: {why}; fix its row in the runtimes table")]
+    Invalid {
+        name: String,
+        field: &'static str,
+        why: String,
+    },
+    #[error("reading runtime {name:?}: {source}")]
+    Db {
+        name: String,
+        #[source]
+        source: sqlx::Error,
+    },
+}
+
+#[derive(sqlx::FromRow)]
+struct Row {
+    name: String,
+    image: String,
+    ports: serde_json::Value,
+    env: serde_json::Value,
+    memory_mib: i32,
+    cpu_shares: i32,
+    shm_mib: i32,
+    needs_tty: bool,
+    needs_uinput: bool,
+    readiness: serde_json::Value,
+    ready_timeout_s: i32,
+    idle_timeout_s: Option<i32>,
+}
+
+impl RuntimeSpec {
+    pub async fn load(db: &PgPool, name: &str) -> Result<Self, RuntimeError> {
+        let row: Row = sqlx::query_as(
+            "SELECT name, image, ports, env, memory_mib, cpu_shares, shm_mib, needs_tty, needs_uinput, \
+                    readiness, ready_timeout_s, idle_timeout_s FROM runtimes WHERE name = $1",
+        )
+        .bind(name)
+        .fetch_optional(db)
+        .await
+        .map_err(|source| RuntimeError::Db { name: name.to_owned(), source })?
+        .ok_or_else(|| RuntimeError::Unknown(name.to_owned()))?;
+        Self::from_row(row)
+    }
+
+    fn from_row(row: Row) -> Result<Self, RuntimeError> {
+        let invalid = |field, why: String| RuntimeError::Invalid {
+            name: row.name.clone(),
+            field,
+            why,
+        };
+        let ports: Vec<ContainerPort> = serde_json::from_value(row.ports.clone())
+            .map_err(|e| invalid("ports", e.to_string()))?;
+        let env: BTreeMap<String, String> =
+            serde_json::from_value(row.env.clone()).map_err(|e| invalid("env", e.to_string()))?;
+        if let Some(key) = env
+            .keys()
+            .find(|k| k.is_empty() || k.contains('=') || k.starts_with("BERTH_"))
+        {
+            return Err(invalid(
+                "env",
+                format!(
+                    "variable name {key:?} is empty, has '=' or uses the reserved BERTH_ prefix"
+                ),
+            ));
+        }
+        let readiness: Readiness = serde_json::from_value(row.readiness.clone())
+            .map_err(|e| invalid("readiness", e.to_string()))?;
+        if let Readiness::File { path } = &readiness {
+            crate::session::dir::check_relative_name(path)
+                .map_err(|why| invalid("readiness", why))?;
+        }
+        Ok(Self {
+            name: row.name,
+            image: row.image,
+            ports,
+            env,
+            memory_mib: row.memory_mib.into(),
+            cpu_shares: row.cpu_shares.into(),
+            shm_mib: row.shm_mib.into(),
+            needs_tty: row.needs_tty,
+            needs_uinput: row.needs_uinput,
+            readiness,
+            ready_timeout: Duration::from_secs(row.ready_timeout_s.max(1) as u64),
+            idle_timeout: row
+                .idle_timeout_s
+                .map(|s| Duration::from_secs(s.max(1) as u64)),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn row(readiness: serde_json::Value, env: serde_json::Value) -> Row {
+        Row {
+            name: "t".into(),
+            image: "berth-test-app:1".into(),
+            ports: json!([{"container_port": 8080, "protocol": "tcp"}, {"container_port": 9000, "protocol": "udp"}]),
+            env,
+            memory_mib: 256,
+            cpu_shares: 512,
+            shm_mib: 64,
+            needs_tty: true,
+            needs_uinput: false,
+            readiness,
+            ready_timeout_s: 20,
+            idle_timeout_s: None,
+        }
+    }
+
+    #[test]
+    fn parses_each_readiness_kind() {
+        let http = RuntimeSpec::from_row(row(
+            json!({"http": {"port": 8080, "path": "/ready"}}),
+            json!({}),
+        ))
+        .unwrap();
+        assert_eq!(
+            http.readiness,
+            Readiness::Http {
+                port: 8080,
+                path: "/ready".into()
+            }
+        );
+        assert_eq!(http.ports.len(), 2);
+        let tcp = RuntimeSpec::from_row(row(json!({"tcp": {"port": 22}}), json!({}))).unwrap();
+        assert_eq!(tcp.readiness, Readiness::Tcp { port: 22 });
+        let file =
+            RuntimeSpec::from_row(row(json!({"file": {"path": "ready"}}), json!({"A": "1"})))
+                .unwrap();
+        assert_eq!(
+            file.readiness,
+            Readiness::File {
+                path: "ready".into()
+            }
+        );
+    }
+
+    #[test]
+    fn refuses_escaping_paths_and_reserved_env() {
+        assert!(RuntimeSpec::from_row(row(
+            json!({"file": {"path": "../../etc/passwd"}}),
+            json!({})
+        ))
+        .is_err());
+        assert!(RuntimeSpec::from_row(row(
+            json!({"tcp": {"port": 1}}),
+            json!({"BERTH_SESSION_ID": "x"})
+        ))
+        .is_err());
+        assert!(RuntimeSpec::from_row(row(json!({"smoke": {}}), json!({}))).is_err());
+    }
+}

@@ -1,0 +1,188 @@
+//! Finishing an allocated session for its user: claim it (ALLOCATED →
+//! CONNECTING, one guarded UPDATE), accept exactly one json_transport with the
+//! session's token, write config.json atomically, wait for the app, mark
+//! RUNNING. Timeouts tear the session down and free its slot.
+
+use std::sync::Arc;
+
+use berth_common::atomic_file::write_atomically;
+use berth_common::auth::{token_matches, token_sha256_hex};
+use berth_common::db::DbError;
+use berth_common::SessionId;
+
+use super::teardown::{spawn_teardown, teardown};
+use super::{Owner, Phase, Session};
+use crate::host::Host;
+use crate::readiness::wait_ready;
+use crate::resources::PortMapping;
+
+#[derive(Debug, thiserror::Error)]
+pub enum FinishError {
+    #[error("this token does not grant access to that session")]
+    Forbidden,
+    #[error("the session already received its configuration")]
+    AlreadyConfigured,
+    #[error("the session has ended: {0}")]
+    Gone(String),
+    #[error("the session's app did not become ready: {0}")]
+    NotReady(String),
+    #[error("finishing the session failed: {0}; the session was torn down, request a new one")]
+    Internal(String),
+}
+
+/// Claims `session` for its user if the scaler allocated it. With `token`,
+/// only an allocation made for that token is claimed (a wrong token changes
+/// nothing). Returns whether this call claimed it.
+pub async fn claim(
+    host: &Arc<Host>,
+    session: &Arc<Session>,
+    token: Option<&str>,
+) -> Result<bool, DbError> {
+    let _serial = session.claim_lock.lock().await;
+    if !matches!(*session.phase(), Phase::Waiting) {
+        return Ok(false);
+    }
+    let presented = token.map(token_sha256_hex);
+    let claimed: Option<(String, String)> = sqlx::query_as(
+        "UPDATE sessions SET status = 'CONNECTING', connecting_at = now() \
+         WHERE id = $1 AND host_id = $2 AND status = 'ALLOCATED' AND ($3::text IS NULL OR token_sha256 = $3) \
+         RETURNING user_id, token_sha256",
+    )
+    .bind(session.id)
+    .bind(&host.id)
+    .bind(presented)
+    .fetch_optional(&host.db)
+    .await
+    .map_err(DbError::query("claiming an allocated session"))?;
+    let Some((user_id, token_sha256)) = claimed else {
+        return Ok(false);
+    };
+    {
+        let mut phase = session.phase();
+        if !matches!(*phase, Phase::Waiting) {
+            return Ok(false);
+        }
+        *phase = Phase::Connecting(Owner {
+            user_id,
+            token_sha256,
+        });
+    }
+    tracing::info!(session = %session.id, "session claimed; waiting for the client's json_transport");
+    host.metrics.allocations.inc();
+    arm_client_timeout(host, session.clone());
+    Ok(true)
+}
+
+/// No client within the timeout → teardown, so an abandoned allocation
+/// cannot hold a slot forever.
+fn arm_client_timeout(host: &Arc<Host>, session: Arc<Session>) {
+    let (host2, timeout) = (host.clone(), host.config.client_timeout());
+    host.tasks.spawn(async move {
+        tokio::select! {
+            _ = host2.stop.cancelled() => return,
+            _ = tokio::time::sleep(timeout) => {}
+        }
+        if matches!(*session.phase(), Phase::Connecting(_)) {
+            let reason = format!(
+                "no json_transport from the client within {}s",
+                timeout.as_secs()
+            );
+            teardown(&host2, &session, &reason).await;
+        }
+    });
+}
+
+/// `PUT /json_transport`: checks the token, accepts the first call only, and
+/// answers with the session's ports once the app is ready.
+pub async fn json_transport(
+    host: &Arc<Host>,
+    id: SessionId,
+    token: &str,
+    json_data: String,
+) -> Result<Vec<PortMapping>, FinishError> {
+    let session = host.session(id).ok_or(FinishError::Forbidden)?;
+    // The client may be faster than the ALLOCATED hint.
+    claim(host, &session, Some(token))
+        .await
+        .map_err(|e| FinishError::Internal(e.to_string()))?;
+    {
+        let mut phase = session.phase();
+        let owner_ok = phase
+            .owner()
+            .is_some_and(|o| token_matches(token, &o.token_sha256));
+        match &*phase {
+            Phase::Connecting(owner) if owner_ok => *phase = Phase::Finishing(owner.clone()),
+            Phase::Finishing(_) | Phase::Running(_) if owner_ok => {
+                return Err(FinishError::AlreadyConfigured)
+            }
+            Phase::Dying(_) if owner_ok => {
+                return Err(FinishError::Gone("it is being torn down".into()))
+            }
+            _ => return Err(FinishError::Forbidden),
+        }
+    }
+    // A task of its own: a client hanging up must not stop halfway.
+    let task = host.tasks.spawn(finish(host.clone(), session, json_data));
+    task.await
+        .map_err(|e| FinishError::Internal(format!("finishing task ended abnormally: {e}")))?
+}
+
+async fn finish(
+    host: Arc<Host>,
+    session: Arc<Session>,
+    json_data: String,
+) -> Result<Vec<PortMapping>, FinishError> {
+    let started = std::time::Instant::now();
+    let path = session.paths.config_json();
+    let written =
+        tokio::task::spawn_blocking(move || write_atomically(&path, json_data.as_bytes(), 0o644))
+            .await;
+    if let Err(e) = written
+        .map_err(|e| e.to_string())
+        .and_then(|r| r.map_err(|e| e.to_string()))
+    {
+        spawn_teardown(&host, session, format!("writing config.json failed: {e}"));
+        return Err(FinishError::Internal(format!("writing config.json: {e}")));
+    }
+    let rt = &session.runtime;
+    if let Err(e) = wait_ready(
+        &rt.readiness,
+        session.container_ip,
+        &session.paths.session,
+        rt.ready_timeout,
+    )
+    .await
+    {
+        spawn_teardown(&host, session, format!("app not ready: {e}"));
+        return Err(FinishError::NotReady(e.to_string()));
+    }
+    let marked = sqlx::query(
+        "UPDATE sessions SET status = 'RUNNING', ready_at = now(), last_activity_at = now() \
+         WHERE id = $1 AND status = 'CONNECTING'",
+    )
+    .bind(session.id)
+    .execute(&host.db)
+    .await;
+    match marked {
+        Ok(r) if r.rows_affected() == 1 => {}
+        Ok(_) => return Err(FinishError::Gone("it was ended while starting".into())),
+        Err(e) => {
+            spawn_teardown(&host, session, format!("marking RUNNING failed: {e}"));
+            return Err(FinishError::Internal(format!(
+                "marking the session RUNNING: {e}"
+            )));
+        }
+    }
+    {
+        let mut phase = session.phase();
+        match &*phase {
+            Phase::Finishing(owner) => *phase = Phase::Running(owner.clone()),
+            _ => return Err(FinishError::Gone("it was ended while starting".into())),
+        }
+    }
+    host.metrics
+        .ready_seconds
+        .observe(started.elapsed().as_secs_f64());
+    tracing::info!(session = %session.id, ms = started.elapsed().as_millis() as u64, "session RUNNING");
+    Ok(session.ports.clone())
+}

@@ -1,0 +1,184 @@
+//! Making a warm session: resources, directories, devices, a started
+//! container, then the WAITING row — so the scaler only ever hands out
+//! sessions whose container already runs. Any failure undoes what was done.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use berth_common::db::DbError;
+use berth_common::SessionId;
+
+use super::dir::SessionPaths;
+use super::{Phase, Session};
+use crate::docker::{ContainerSpec, DockerError};
+use crate::host::Host;
+use crate::resources::uinput::{InputError, SessionInput};
+use crate::resources::PortMapping;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SpawnError {
+    #[error("no free TTY in BERTH_TTY_RANGE; widen the range or lower the host's capacity")]
+    NoTty,
+    #[error("no free host ports in BERTH_PORT_RANGE for {0} container ports; widen the range")]
+    NoPorts(usize),
+    #[error("creating session directories under {dir}: {source}")]
+    Dirs {
+        dir: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Input(#[from] InputError),
+    #[error(transparent)]
+    Docker(#[from] DockerError),
+    #[error("recording the warm session: {0}")]
+    Db(#[from] DbError),
+}
+
+/// What has been reserved so far, undone on failure.
+struct Partial<'a> {
+    host: &'a Host,
+    tty: Option<u8>,
+    ports: Vec<PortMapping>,
+    paths: Option<SessionPaths>,
+    input: Option<SessionInput>,
+    container: Option<String>,
+}
+
+impl Partial<'_> {
+    async fn undo(mut self) {
+        if let Some(container) = self.container.take() {
+            if let Err(error) = self.host.docker.stop_and_remove(&container, 1).await {
+                tracing::error!(%error, "removing a half-made session container failed");
+            }
+        }
+        if let Some(input) = self.input.take() {
+            let _ = input.destroy();
+        }
+        if let Some(paths) = self.paths.take() {
+            let _ = paths.remove();
+        }
+        let mut resources = self.host.resources();
+        if let Some(tty) = self.tty {
+            resources.ttys.release(tty);
+        }
+        resources.ports.release(&self.ports);
+    }
+}
+
+impl Partial<'_> {
+    fn into_session(self, id: SessionId, container_ip: Option<IpAddr>) -> Session {
+        let paths = self
+            .paths
+            .unwrap_or_else(|| SessionPaths::new(&self.host.config, id));
+        let container_id = self.container.unwrap_or_default();
+        let runtime = self.host.runtime.clone();
+        Session::new(
+            id,
+            runtime,
+            paths,
+            self.tty,
+            self.ports,
+            container_id,
+            container_ip,
+            self.input,
+            Phase::Waiting,
+        )
+    }
+}
+
+pub async fn spawn_warm(host: &Arc<Host>) -> Result<Arc<Session>, SpawnError> {
+    let id = SessionId::new();
+    let mut partial = Partial {
+        host,
+        tty: None,
+        ports: vec![],
+        paths: None,
+        input: None,
+        container: None,
+    };
+    let container_ip = match build(host, id, &mut partial).await {
+        Ok(ip) => ip,
+        Err(e) => {
+            partial.undo().await;
+            return Err(e);
+        }
+    };
+    let session = Arc::new(partial.into_session(id, container_ip));
+    // In the table before the row exists: an allocation hint can then never
+    // name a session this daemon does not know.
+    host.insert_session(session.clone());
+    if let Err(e) = insert_row(host, &session).await {
+        host.remove_session(id);
+        super::teardown::release(host, &session).await;
+        return Err(e.into());
+    }
+    Ok(session)
+}
+
+async fn build(
+    host: &Arc<Host>,
+    id: SessionId,
+    partial: &mut Partial<'_>,
+) -> Result<Option<IpAddr>, SpawnError> {
+    let rt = &host.runtime;
+    {
+        let mut resources = host.resources();
+        if rt.needs_tty {
+            partial.tty = Some(resources.ttys.allocate().ok_or(SpawnError::NoTty)?);
+        }
+        partial.ports = resources
+            .ports
+            .allocate(&rt.ports)
+            .ok_or(SpawnError::NoPorts(rt.ports.len()))?;
+    }
+    let paths = SessionPaths::new(&host.config, id);
+    paths.create().map_err(|source| SpawnError::Dirs {
+        dir: paths.session.display().to_string(),
+        source,
+    })?;
+    partial.paths = Some(paths.clone());
+    if host.uinput_enabled && rt.needs_uinput {
+        partial.input = Some(SessionInput::create(id, &paths.sockets)?);
+    }
+    let input_nodes = partial
+        .input
+        .as_ref()
+        .map(|i| i.event_nodes())
+        .unwrap_or_default();
+    let spec = ContainerSpec {
+        session: id,
+        host: &host.id,
+        runtime: rt,
+        tty: partial.tty,
+        ports: &partial.ports,
+        input_event_nodes: input_nodes,
+        session_dir: &paths.session,
+        sockets_dir: &paths.sockets,
+        logs_dir: &paths.logs,
+        publish_ip: host.config.publish_ip,
+        cap_add: &host.config.cap_add,
+        security_opts: &host.config.security_opts,
+    };
+    let container_id = host.docker.create_and_start(&spec).await?;
+    partial.container = Some(container_id.clone());
+    Ok(host.docker.container_ip(&container_id).await?)
+}
+
+async fn insert_row(host: &Host, session: &Session) -> Result<(), DbError> {
+    let ports = serde_json::to_value(&session.ports).unwrap_or_default();
+    sqlx::query(
+        "INSERT INTO sessions (id, host_id, runtime, status, container_id, tty, ports) \
+         VALUES ($1, $2, $3, 'WAITING', $4, $5, $6)",
+    )
+    .bind(session.id)
+    .bind(&host.id)
+    .bind(&session.runtime.name)
+    .bind(&session.container_id)
+    .bind(session.tty.map(i32::from))
+    .bind(ports)
+    .execute(&host.db)
+    .await
+    .map_err(DbError::query("inserting a WAITING session"))?;
+    Ok(())
+}

@@ -1,0 +1,102 @@
+//! Teardown: stop the container (grace) → remove it → release devices, TTY
+//! and ports → remove directories → delete the row, whose trigger frees the
+//! slot. Idempotent: only the first caller works, later ones return at once,
+//! and every step tolerates "already gone".
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::{Phase, Session};
+use crate::host::Host;
+
+/// Tries for a Docker that is briefly unavailable before leaving the session
+/// DYING for the next resync to finish.
+const DOCKER_ATTEMPTS: u32 = 3;
+
+pub async fn teardown(host: &Arc<Host>, session: &Arc<Session>, reason: &str) {
+    {
+        let mut phase = session.phase();
+        if matches!(*phase, Phase::Dying(_)) {
+            return;
+        }
+        let owner = phase.owner().cloned();
+        *phase = Phase::Dying(owner);
+    }
+    tracing::info!(session = %session.id, reason, "tearing down session");
+    let marked =
+        sqlx::query("UPDATE sessions SET status = 'DYING', status_reason = $2 WHERE id = $1")
+            .bind(session.id)
+            .bind(reason)
+            .execute(&host.db)
+            .await;
+    if let Err(error) = marked {
+        tracing::warn!(session = %session.id, %error, "could not mark the session DYING; continuing teardown");
+    }
+    if !release(host, session).await {
+        // The container may still run: keep its TTY and ports reserved, and
+        // let the next resync retry (the row stays DYING).
+        return;
+    }
+    let deleted = sqlx::query("DELETE FROM sessions WHERE id = $1")
+        .bind(session.id)
+        .execute(&host.db)
+        .await;
+    if let Err(error) = deleted {
+        tracing::error!(session = %session.id, %error, "deleting the session row failed; the next resync removes it");
+    }
+    host.remove_session(session.id);
+    host.metrics.teardowns.inc();
+    host.refill.notify_one();
+}
+
+/// Removes the container, devices, resources and directories of `session`;
+/// false if the container could not be removed (nothing else is released then).
+pub async fn release(host: &Host, session: &Session) -> bool {
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        match host
+            .docker
+            .stop_and_remove(&session.container_id, host.config.stop_grace_secs)
+            .await
+        {
+            Ok(()) => break,
+            Err(error) if attempt >= DOCKER_ATTEMPTS => {
+                tracing::error!(session = %session.id, %error, "removing the session container failed");
+                return false;
+            }
+            Err(error) => {
+                tracing::warn!(session = %session.id, %error, attempt, "removing the session container failed; retrying");
+                tokio::time::sleep(Duration::from_millis(500 * u64::from(attempt))).await;
+            }
+        }
+    }
+    if let Some(input) = session.take_input() {
+        if let Err(error) = input.destroy() {
+            tracing::warn!(session = %session.id, %error, "destroying input devices failed");
+        }
+    }
+    {
+        let mut resources = host.resources();
+        if let Some(tty) = session.tty {
+            resources.ttys.release(tty);
+        }
+        resources.ports.release(&session.ports);
+    }
+    if let Err(error) = session.paths.remove() {
+        tracing::warn!(session = %session.id, %error, "removing session directories failed");
+    }
+    true
+}
+
+/// Runs `teardown` as a daemon task, so it finishes even when the request
+/// that asked for it goes away.
+pub fn spawn_teardown(
+    host: &Arc<Host>,
+    session: Arc<Session>,
+    reason: String,
+) -> tokio::task::JoinHandle<()> {
+    let host2 = host.clone();
+    host.tasks
+        .spawn(async move { teardown(&host2, &session, &reason).await })
+}

@@ -1,0 +1,92 @@
+//! Keeps `free_slots` warm sessions: whenever poked (a slot freed, a session
+//! claimed) or every few seconds, it creates what is missing, a few at a time.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::task::JoinSet;
+
+use crate::host::Host;
+use crate::registry;
+use crate::session::spawn::spawn_warm;
+
+/// Re-check this often even without a poke (a missed hint, a failed spawn).
+const RECHECK: Duration = Duration::from_secs(5);
+/// Pause after failures, growing to a minute, so a missing image is not a busy loop.
+const MAX_BACKOFF: Duration = Duration::from_secs(60);
+
+pub async fn run(host: Arc<Host>) {
+    let mut backoff = Duration::ZERO;
+    loop {
+        if host.stop.is_cancelled() || host.is_draining() {
+            return;
+        }
+        let failures = refill_once(&host).await;
+        backoff = if failures > 0 {
+            (backoff * 2).clamp(Duration::from_secs(1), MAX_BACKOFF)
+        } else {
+            Duration::ZERO
+        };
+        let wait = if backoff.is_zero() { RECHECK } else { backoff };
+        let mut draining = host.draining.subscribe();
+        tokio::select! {
+            _ = host.stop.cancelled() => return,
+            _ = draining.changed() => {}
+            _ = host.refill.notified(), if backoff.is_zero() => {}
+            _ = tokio::time::sleep(wait) => {}
+        }
+    }
+}
+
+/// How many warm sessions are missing: the host's free slots minus those
+/// already warm or warming, bounded by capacity. Returns the failures.
+async fn refill_once(host: &Arc<Host>) -> usize {
+    let free_slots = match registry::status(&host.db, &host.id).await {
+        Ok(Some((_, free))) => free as usize,
+        Ok(None) => return 0,
+        Err(error) => {
+            tracing::warn!(%error, "reading free slots failed; retrying");
+            return 1;
+        }
+    };
+    let warm = host.count("WAITING");
+    let room = (host.capacity as usize).saturating_sub(host.session_count() + host.warming());
+    let missing = free_slots.saturating_sub(warm + host.warming()).min(room);
+    host.metrics.warm_sessions.set(warm as i64);
+    if missing == 0 {
+        return 0;
+    }
+    tracing::debug!(missing, free_slots, warm, "refilling the warm pool");
+    let mut spawns = JoinSet::new();
+    let mut failures = 0;
+    for _ in 0..missing {
+        if spawns.len() >= usize::from(host.config.warm_concurrency) {
+            failures += usize::from(!matches!(spawns.join_next().await, Some(Ok(true))));
+        }
+        host.warming.fetch_add(1, Ordering::SeqCst);
+        let host = host.clone();
+        spawns.spawn(async move {
+            let started = std::time::Instant::now();
+            let result = spawn_warm(&host).await;
+            host.warming.fetch_sub(1, Ordering::SeqCst);
+            match result {
+                Ok(session) => {
+                    host.metrics.spawn_seconds.observe(started.elapsed().as_secs_f64());
+                    tracing::info!(session = %session.id, ms = started.elapsed().as_millis() as u64, "warm session ready");
+                    true
+                }
+                Err(error) => {
+                    host.metrics.spawn_failures.inc();
+                    tracing::error!(%error, "starting a warm session failed");
+                    false
+                }
+            }
+        });
+    }
+    while let Some(result) = spawns.join_next().await {
+        failures += usize::from(!matches!(result, Ok(true)));
+    }
+    host.metrics.warm_sessions.set(host.count("WAITING") as i64);
+    failures
+}
