@@ -1,0 +1,314 @@
+//! Harness for the daemon's tests on the real parts: a fresh PostgreSQL
+//! database per test (from DATABASE_URL), the real Docker engine with the
+//! locally built test image (BERTH_TEST_IMAGE), and the daemon itself
+//! in-process or as a process.
+
+#![allow(dead_code)]
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use berth_common::auth::new_session_token;
+use berth_common::{db, tls};
+use clap::Parser;
+use host_service::config::Cli;
+use host_service::daemon::{self, Daemon};
+use host_service::host::Host;
+use sqlx::PgPool;
+use uuid::Uuid;
+
+pub const RUNTIME: &str = "test-app";
+
+pub fn test_image() -> String {
+    std::env::var("BERTH_TEST_IMAGE").unwrap_or_else(|_| "berth-test-app:1".to_owned())
+}
+
+pub fn base_url() -> String {
+    std::env::var("DATABASE_URL")
+        .expect("DATABASE_URL must point at the test PostgreSQL; run scripts/test, which starts it")
+}
+
+/// A database of its own for one test, migrated.
+pub struct TestDb {
+    pub url: String,
+    pub pool: PgPool,
+    name: String,
+}
+
+impl TestDb {
+    pub async fn new() -> Self {
+        tls::install_crypto_provider();
+        let base = base_url();
+        let admin = db::connect(&base, "berth-tests", 2)
+            .await
+            .expect("connecting to the test PostgreSQL");
+        let name = format!("berth_t_{}", &Uuid::new_v4().simple().to_string()[..16]);
+        sqlx::query(&format!("CREATE DATABASE {name}"))
+            .execute(&admin)
+            .await
+            .expect("creating a test database");
+        admin.close().await;
+        let (prefix, _) = base
+            .rsplit_once('/')
+            .expect("DATABASE_URL has a database path");
+        let url = format!("{prefix}/{name}");
+        let pool = db::connect(&url, "berth-tests", 8)
+            .await
+            .expect("connecting to the test database");
+        db::migrate(&pool)
+            .await
+            .expect("migrating the test database");
+        Self { url, pool, name }
+    }
+
+    pub async fn add_runtime(&self, name: &str, env: serde_json::Value, ready_timeout_s: i32) {
+        sqlx::query(
+            "INSERT INTO runtimes (name, image, ports, env, memory_mib, needs_tty, needs_uinput, readiness, ready_timeout_s) \
+             VALUES ($1, $2, '[{\"container_port\": 8080, \"protocol\": \"tcp\"}]', $3, 64, true, true, \
+                     '{\"http\": {\"port\": 8080, \"path\": \"/ready\"}}', $4)",
+        )
+        .bind(name)
+        .bind(test_image())
+        .bind(env)
+        .bind(ready_timeout_s)
+        .execute(&self.pool)
+        .await
+        .expect("inserting the test runtime");
+    }
+}
+
+/// Distinct host port ranges per daemon in this test binary.
+static NEXT_PORT_BLOCK: AtomicU16 = AtomicU16::new(0);
+
+pub struct HostArgs {
+    pub capacity: u16,
+    pub runtime: &'static str,
+    pub extra: Vec<String>,
+}
+
+impl Default for HostArgs {
+    fn default() -> Self {
+        Self {
+            capacity: 2,
+            runtime: RUNTIME,
+            extra: vec![],
+        }
+    }
+}
+
+pub struct TestHost {
+    pub daemon: Option<Daemon>,
+    pub host: Arc<Host>,
+    pub api: SocketAddr,
+    pub cert_sha256: String,
+    pub host_id: String,
+    pub state_dir: PathBuf,
+    pub args: Vec<String>,
+}
+
+pub fn host_args(
+    db: &TestDb,
+    args: &HostArgs,
+    host_id: &str,
+    state_dir: &std::path::Path,
+) -> Vec<String> {
+    let block = NEXT_PORT_BLOCK.fetch_add(1, Ordering::SeqCst);
+    let low = 21_000 + block * 100 + (std::process::id() % 50) as u16 * 200;
+    let mut argv: Vec<String> = [
+        "host-service",
+        "--database-url",
+        &db.url,
+        "--local",
+        "--local-host-id",
+        host_id,
+        "--local-capacity",
+        &args.capacity.to_string(),
+        "--state-dir",
+        &state_dir.display().to_string(),
+        "--api-addr",
+        "127.0.0.1:0",
+        "--port-range",
+        &format!("{low}-{}", low + 99),
+        "--publish-ip",
+        "127.0.0.1",
+        "--runtime",
+        args.runtime,
+        "--stop-grace-secs",
+        "2",
+        "--uinput",
+        "auto",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    argv.extend(args.extra.iter().cloned());
+    argv
+}
+
+pub async fn start_host(db: &TestDb, args: HostArgs) -> TestHost {
+    let host_id = format!("t-{}", &Uuid::new_v4().simple().to_string()[..10]);
+    let state_dir = std::env::temp_dir().join(format!("berth-state-{host_id}"));
+    let argv = host_args(db, &args, &host_id, &state_dir);
+    start_with(argv, host_id, state_dir).await
+}
+
+pub async fn start_with(argv: Vec<String>, host_id: String, state_dir: PathBuf) -> TestHost {
+    let cli = Cli::try_parse_from(&argv).expect("valid host-service arguments");
+    let daemon = daemon::start(cli.config)
+        .await
+        .expect("host-service starts");
+    TestHost {
+        host: daemon.host.clone(),
+        api: daemon.api_addr,
+        cert_sha256: daemon.cert_sha256.clone(),
+        daemon: Some(daemon),
+        host_id,
+        state_dir,
+        args: argv,
+    }
+}
+
+impl TestHost {
+    pub fn url(&self, path: &str) -> String {
+        format!("https://127.0.0.1:{}{path}", self.api.port())
+    }
+
+    pub fn client(&self) -> reqwest::Client {
+        pinned_client(&self.cert_sha256)
+    }
+
+    /// Stops the daemon and removes every container it made and its state.
+    pub async fn cleanup(mut self) {
+        if let Some(daemon) = self.daemon.take() {
+            daemon.stop().await;
+        }
+        remove_host_containers(&self.host_id);
+        let _ = std::fs::remove_dir_all(&self.state_dir);
+    }
+}
+
+pub fn remove_host_containers(host_id: &str) {
+    let ids = docker(&[
+        "ps",
+        "-aq",
+        "--filter",
+        &format!("label=berth.host={host_id}"),
+    ]);
+    let ids: Vec<&str> = ids.split_whitespace().collect();
+    if !ids.is_empty() {
+        let mut argv = vec!["rm", "-f"];
+        argv.extend(ids);
+        docker(&argv);
+    }
+}
+
+pub fn pinned_client(pin: &str) -> reqwest::Client {
+    let config = tls::pinned_client_config(pin).expect("valid pin");
+    reqwest::Client::builder()
+        .use_preconfigured_tls(config)
+        .timeout(Duration::from_secs(60))
+        .build()
+        .expect("building the test client")
+}
+
+/// Runs the docker CLI and returns stdout.
+pub fn docker(args: &[&str]) -> String {
+    let out = Command::new("docker")
+        .args(args)
+        .output()
+        .expect("running the docker CLI");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+pub fn docker_status(args: &[&str]) -> (bool, Vec<u8>) {
+    let out = Command::new("docker")
+        .args(args)
+        .output()
+        .expect("running the docker CLI");
+    (out.status.success(), out.stdout)
+}
+
+/// Polls `condition` until true, failing the test after `timeout`.
+pub async fn eventually<F, Fut>(what: &str, timeout: Duration, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let started = Instant::now();
+    while !condition().await {
+        assert!(
+            started.elapsed() < timeout,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+pub async fn count_status(pool: &PgPool, host_id: &str, status: &str) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM sessions WHERE host_id = $1 AND status::text = $2")
+        .bind(host_id)
+        .bind(status)
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
+pub async fn free_slots(pool: &PgPool, host_id: &str) -> i32 {
+    sqlx::query_scalar("SELECT free_slots FROM hosts WHERE id = $1")
+        .bind(host_id)
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
+pub async fn session_status(pool: &PgPool, id: Uuid) -> Option<String> {
+    sqlx::query_scalar("SELECT status::text FROM sessions WHERE id = $1")
+        .bind(id)
+        .fetch_optional(pool)
+        .await
+        .unwrap()
+}
+
+/// What the scaler's assign does, reduced to one host: take a warm session,
+/// mark it ALLOCATED for `user` with a fresh token, take the free slot.
+pub async fn allocate(pool: &PgPool, host_id: &str, user: &str) -> (Uuid, String) {
+    let token = new_session_token();
+    let mut tx = pool.begin().await.unwrap();
+    let id: Uuid = sqlx::query_scalar(
+        "WITH picked AS (SELECT id FROM sessions WHERE host_id = $1 AND status = 'WAITING' \
+                         ORDER BY created_at LIMIT 1 FOR UPDATE SKIP LOCKED) \
+         UPDATE sessions s SET status = 'ALLOCATED', user_id = $2, token_sha256 = $3, allocated_at = now() \
+         FROM picked WHERE s.id = picked.id RETURNING s.id",
+    )
+    .bind(host_id)
+    .bind(user)
+    .bind(&token.sha256_hex)
+    .fetch_one(&mut *tx)
+    .await
+    .expect("a warm session to allocate");
+    let host = berth_common::HostId::parse(host_id).unwrap();
+    db::take_free_slot(&mut *tx, &host)
+        .await
+        .unwrap()
+        .expect("a free slot");
+    tx.commit().await.unwrap();
+    (id, token.token)
+}
+
+pub async fn wait_warm(db: &TestDb, host: &TestHost, n: i64) {
+    eventually(
+        &format!("{n} warm sessions"),
+        Duration::from_secs(60),
+        || async { count_status(&db.pool, &host.host_id, "WAITING").await == n },
+    )
+    .await;
+}
+
+pub fn json_transport_body(id: Uuid, json_data: &str) -> serde_json::Value {
+    serde_json::json!({"session_id": id.to_string(), "json_data": json_data})
+}
