@@ -40,7 +40,10 @@ pub fn token_sha256_hex(token: &str) -> String {
 /// Whether `presented` hashes to `stored_sha256_hex`, compared in constant time.
 pub fn token_matches(presented: &str, stored_sha256_hex: &str) -> bool {
     let presented = token_sha256_hex(presented);
-    presented.as_bytes().ct_eq(stored_sha256_hex.as_bytes()).into()
+    presented
+        .as_bytes()
+        .ct_eq(stored_sha256_hex.as_bytes())
+        .into()
 }
 
 /// The token of an `Authorization: Bearer <token>` header value, if well formed.
@@ -60,7 +63,10 @@ mod tests {
         let a = new_session_token();
         let b = new_session_token();
         assert_eq!(a.token.len(), 43);
-        assert!(a.token.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_'));
+        assert!(a
+            .token
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_'));
         assert_ne!(a.token, b.token);
         assert_eq!(a.sha256_hex, token_sha256_hex(&a.token));
     }

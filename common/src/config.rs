@@ -43,7 +43,8 @@ pub enum LogFormat {
 fn parse_env_name(s: &str) -> Result<String, String> {
     let ok = !s.is_empty()
         && s.len() <= 32
-        && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
     ok.then(|| s.to_owned())
         .ok_or_else(|| format!("{s:?}: use 1 to 32 characters from [A-Za-z0-9_-]"))
 }
@@ -69,7 +70,9 @@ where
         };
         let (low, high) = (parse(low)?, parse(high)?);
         if low > high {
-            return Err(format!("{s:?}: the low end {low} is above the high end {high}"));
+            return Err(format!(
+                "{s:?}: the low end {low} is above the high end {high}"
+            ));
         }
         Ok(Self(low..=high))
     }
@@ -100,7 +103,10 @@ mod tests {
         assert!("32000-20000".parse::<NumberRange<u16>>().is_err());
         assert!("20000".parse::<NumberRange<u16>>().is_err());
         assert!("1-70000".parse::<NumberRange<u16>>().is_err());
-        assert_eq!("10-63".parse::<NumberRange<u8>>().unwrap().to_string(), "10-63");
+        assert_eq!(
+            "10-63".parse::<NumberRange<u8>>().unwrap().to_string(),
+            "10-63"
+        );
     }
 
     #[test]

@@ -7,7 +7,9 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 /// A session's id (a UUID, also the container's `berth.session` label).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, sqlx::Type)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, sqlx::Type,
+)]
 #[serde(transparent)]
 #[sqlx(transparent)]
 pub struct SessionId(pub Uuid);
@@ -39,13 +41,17 @@ impl std::str::FromStr for SessionId {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         // Only the canonical hyphenated form: ids end up in paths and labels.
         let parsed = (s.len() == 36).then(|| Uuid::try_parse(s).ok()).flatten();
-        parsed.map(Self).ok_or_else(|| InvalidSessionId(s.chars().take(64).collect()))
+        parsed
+            .map(Self)
+            .ok_or_else(|| InvalidSessionId(s.chars().take(64).collect()))
     }
 }
 
 /// A host's id: the EC2 instance id (or a local name). Restricted to
 /// `[A-Za-z0-9_.-]{1,48}` so it is safe in NOTIFY channel names, labels and paths.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, sqlx::Type)]
+#[derive(
+    Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, sqlx::Type,
+)]
 #[serde(try_from = "String", into = "String")]
 #[sqlx(transparent)]
 pub struct HostId(String);
@@ -59,7 +65,8 @@ impl HostId {
         let s = s.into();
         let ok = !s.is_empty()
             && s.len() <= 48
-            && s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
         if ok {
             Ok(Self(s))
         } else {
@@ -163,9 +170,17 @@ pg_enum!(
     SessionStatus, "session_status",
     [Waiting, Allocated, Connecting, Running, Dying]
 );
-pg_enum!(ImageStatus, "image_status", [Candidate, Current, Retired, Failed]);
+pg_enum!(
+    ImageStatus,
+    "image_status",
+    [Candidate, Current, Retired, Failed]
+);
 pg_enum!(LaunchState, "launch_state", [Pending, Launched, Failed]);
-pg_enum!(DeployState, "deploy_state", [Buffering, Ready, Swapped, Failed]);
+pg_enum!(
+    DeployState,
+    "deploy_state",
+    [Buffering, Ready, Swapped, Failed]
+);
 
 #[cfg(test)]
 mod tests {

@@ -13,4 +13,6 @@ pub mod imds;
 pub mod telemetry;
 pub mod tls;
 
-pub use ids::{HostId, HostStatus, ImageStatus, LaunchState, DeployState, SessionId, SessionStatus};
+pub use ids::{
+    DeployState, HostId, HostStatus, ImageStatus, LaunchState, SessionId, SessionStatus,
+};

@@ -15,13 +15,17 @@ pub struct TelemetryGuard {
 
 impl std::fmt::Debug for TelemetryGuard {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TelemetryGuard").field("sentry", &self._sentry.is_some()).finish()
+        f.debug_struct("TelemetryGuard")
+            .field("sentry", &self._sentry.is_some())
+            .finish()
     }
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum TelemetryError {
-    #[error("invalid log filter {filter:?}: {source}; use e.g. `info` or `info,host_service=debug`")]
+    #[error(
+        "invalid log filter {filter:?}: {source}; use e.g. `info` or `info,host_service=debug`"
+    )]
     Filter {
         filter: String,
         #[source]
@@ -38,15 +42,22 @@ pub fn init(
     format: LogFormat,
     sentry_dsn: Option<&str>,
 ) -> Result<TelemetryGuard, TelemetryError> {
-    let env_filter = EnvFilter::try_new(filter)
-        .map_err(|source| TelemetryError::Filter { filter: filter.to_owned(), source })?;
+    let env_filter = EnvFilter::try_new(filter).map_err(|source| TelemetryError::Filter {
+        filter: filter.to_owned(),
+        source,
+    })?;
     let fmt = match format {
         LogFormat::Text => tracing_subscriber::fmt::layer().with_target(true).boxed(),
-        LogFormat::Json => tracing_subscriber::fmt::layer().json().flatten_event(true).boxed(),
+        LogFormat::Json => tracing_subscriber::fmt::layer()
+            .json()
+            .flatten_event(true)
+            .boxed(),
     };
     let sentry_guard = match sentry_dsn.filter(|d| !d.is_empty()) {
         Some(dsn) => {
-            let dsn = dsn.parse::<sentry::types::Dsn>().map_err(|e| TelemetryError::Dsn(e.to_string()))?;
+            let dsn = dsn
+                .parse::<sentry::types::Dsn>()
+                .map_err(|e| TelemetryError::Dsn(e.to_string()))?;
             Some(sentry::init(sentry::ClientOptions {
                 dsn: Some(dsn),
                 release: Some(format!("{service}@{}", env!("CARGO_PKG_VERSION")).into()),
@@ -57,11 +68,19 @@ pub fn init(
         }
         None => None,
     };
-    let sentry_layer = sentry_guard.as_ref().map(|_| sentry::integrations::tracing::layer());
+    let sentry_layer = sentry_guard
+        .as_ref()
+        .map(|_| sentry::integrations::tracing::layer());
     // Ignore "already set": tests initialise telemetry more than once.
-    let _ = tracing_subscriber::registry().with(env_filter).with(fmt).with(sentry_layer).try_init();
+    let _ = tracing_subscriber::registry()
+        .with(env_filter)
+        .with(fmt)
+        .with(sentry_layer)
+        .try_init();
     sentry::configure_scope(|scope| scope.set_tag("service", service));
-    Ok(TelemetryGuard { _sentry: sentry_guard })
+    Ok(TelemetryGuard {
+        _sentry: sentry_guard,
+    })
 }
 
 /// Reports a fatal error to Sentry (when enabled) and waits briefly for it to

@@ -28,11 +28,15 @@ pub enum TlsError {
         #[source]
         source: std::io::Error,
     },
-    #[error("the stored certificate or key in {0} is unreadable; delete both files to make a new pair")]
+    #[error(
+        "the stored certificate or key in {0} is unreadable; delete both files to make a new pair"
+    )]
     BadPem(PathBuf),
     #[error("building the TLS configuration: {0}")]
     Rustls(#[from] rustls::Error),
-    #[error("invalid certificate fingerprint {0:?}: expected 64 lowercase hex characters (SHA-256)")]
+    #[error(
+        "invalid certificate fingerprint {0:?}: expected 64 lowercase hex characters (SHA-256)"
+    )]
     BadFingerprint(String),
 }
 
@@ -47,7 +51,9 @@ pub struct HostIdentity {
 
 impl std::fmt::Debug for HostIdentity {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("HostIdentity").field("sha256_hex", &self.sha256_hex).finish_non_exhaustive()
+        f.debug_struct("HostIdentity")
+            .field("sha256_hex", &self.sha256_hex)
+            .finish_non_exhaustive()
     }
 }
 
@@ -74,7 +80,8 @@ impl HostIdentity {
 
     /// A new self-signed pair, in memory only.
     pub fn generate(names: &[String]) -> Result<Self, TlsError> {
-        let rcgen::CertifiedKey { cert, signing_key } = rcgen::generate_simple_self_signed(names.to_vec())?;
+        let rcgen::CertifiedKey { cert, signing_key } =
+            rcgen::generate_simple_self_signed(names.to_vec())?;
         let cert_der = cert.der().clone();
         let key_der = PrivateKeyDer::Pkcs8(signing_key.serialize_der().into());
         Ok(Self::from_parts(cert_der, key_der))
@@ -82,12 +89,20 @@ impl HostIdentity {
 
     fn from_parts(cert_der: CertificateDer<'static>, key_der: PrivateKeyDer<'static>) -> Self {
         let sha256_hex = sha256_hex(&cert_der);
-        Self { cert_der, key_der: Arc::new(key_der), sha256_hex }
+        Self {
+            cert_der,
+            key_der: Arc::new(key_der),
+            sha256_hex,
+        }
     }
 
     fn load(cert_path: &Path, key_path: &Path) -> Result<Self, TlsError> {
         let read = |path: &Path| {
-            fs::read(path).map_err(|source| TlsError::Io { doing: "reading", path: path.to_owned(), source })
+            fs::read(path).map_err(|source| TlsError::Io {
+                doing: "reading",
+                path: path.to_owned(),
+                source,
+            })
         };
         let cert_pem = read(cert_path)?;
         let key_pem = read(key_path)?;
@@ -105,7 +120,11 @@ impl HostIdentity {
     fn store(&self, dir: &Path) -> Result<(), TlsError> {
         let io = |doing, path: &Path| {
             let path = path.to_owned();
-            move |source| TlsError::Io { doing, path, source }
+            move |source| TlsError::Io {
+                doing,
+                path,
+                source,
+            }
         };
         fs::create_dir_all(dir).map_err(io("creating", dir))?;
         fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(io("securing", dir))?;
@@ -114,7 +133,8 @@ impl HostIdentity {
         // Key first, so a crash in between leaves no certificate without its key.
         let (key_path, cert_path) = (dir.join(KEY_FILE), dir.join(CERT_FILE));
         write_atomically(&key_path, key_pem.as_bytes(), 0o600).map_err(io("writing", &key_path))?;
-        write_atomically(&cert_path, cert_pem.as_bytes(), 0o644).map_err(io("writing", &cert_path))?;
+        write_atomically(&cert_path, cert_pem.as_bytes(), 0o644)
+            .map_err(io("writing", &cert_path))?;
         Ok(())
     }
 
@@ -162,7 +182,10 @@ pub fn pinned_client_config(sha256_hex: &str) -> Result<ClientConfig, TlsError> 
         return Err(TlsError::BadFingerprint(sha256_hex.to_owned()));
     }
     let provider = provider();
-    let verifier = PinnedCertVerifier { pin, provider: provider.clone() };
+    let verifier = PinnedCertVerifier {
+        pin,
+        provider: provider.clone(),
+    };
     let mut config = ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
         .dangerous()
@@ -206,7 +229,12 @@ impl ServerCertVerifier for PinnedCertVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls12_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+        verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
     }
 
     fn verify_tls13_signature(
@@ -215,11 +243,18 @@ impl ServerCertVerifier for PinnedCertVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+        verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider.signature_verification_algorithms.supported_schemes()
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
     }
 }
 
@@ -238,8 +273,15 @@ mod tests {
         let dir = tempdir().join("tls");
         let names = vec!["localhost".to_owned(), "127.0.0.1".to_owned()];
         let first = HostIdentity::load_or_generate(&dir, &names).unwrap();
-        let mode = fs::metadata(dir.join(KEY_FILE)).unwrap().permissions().mode() & 0o777;
-        assert_eq!(mode, 0o600, "the private key must be readable by its owner only");
+        let mode = fs::metadata(dir.join(KEY_FILE))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
+        assert_eq!(
+            mode, 0o600,
+            "the private key must be readable by its owner only"
+        );
         let dir_mode = fs::metadata(&dir).unwrap().permissions().mode() & 0o777;
         assert_eq!(dir_mode, 0o700);
         let again = HostIdentity::load_or_generate(&dir, &names).unwrap();

@@ -20,7 +20,11 @@ async fn insert_host(pool: &PgPool, id: &str, capacity: i32) {
 }
 
 async fn free_slots(pool: &PgPool, id: &str) -> i32 {
-    sqlx::query_scalar("SELECT free_slots FROM hosts WHERE id = $1").bind(id).fetch_one(pool).await.unwrap()
+    sqlx::query_scalar("SELECT free_slots FROM hosts WHERE id = $1")
+        .bind(id)
+        .fetch_one(pool)
+        .await
+        .unwrap()
 }
 
 #[sqlx::test(migrations = false)]
@@ -34,25 +38,48 @@ async fn migrations_apply_to_an_empty_database_and_rerun_cleanly(pool: PgPool) {
     .await
     .unwrap();
     for table in [
-        "deploys", "events", "hosts", "images", "instance_types", "launches", "limits", "regions",
-        "runtimes", "sessions",
+        "deploys",
+        "events",
+        "hosts",
+        "images",
+        "instance_types",
+        "launches",
+        "limits",
+        "regions",
+        "runtimes",
+        "sessions",
     ] {
-        assert!(tables.iter().any(|t| t == table), "missing table {table}: {tables:?}");
+        assert!(
+            tables.iter().any(|t| t == table),
+            "missing table {table}: {tables:?}"
+        );
     }
     let default_limit: i32 =
-        sqlx::query_scalar("SELECT max_sessions FROM limits WHERE user_id = '*'").fetch_one(&pool).await.unwrap();
+        sqlx::query_scalar("SELECT max_sessions FROM limits WHERE user_id = '*'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
     assert_eq!(default_limit, 3);
 }
 
 #[sqlx::test(migrator = "MIGRATOR")]
 async fn statuses_outside_the_vocabulary_are_refused(pool: PgPool) {
     insert_host(&pool, "i-1", 2).await;
-    let bad = sqlx::query("UPDATE hosts SET status = 'RUNNING' WHERE id = 'i-1'").execute(&pool).await;
-    assert!(bad.is_err(), "a host status outside the enum must be refused");
-    let over = sqlx::query("UPDATE hosts SET free_slots = 3 WHERE id = 'i-1'").execute(&pool).await;
+    let bad = sqlx::query("UPDATE hosts SET status = 'RUNNING' WHERE id = 'i-1'")
+        .execute(&pool)
+        .await;
+    assert!(
+        bad.is_err(),
+        "a host status outside the enum must be refused"
+    );
+    let over = sqlx::query("UPDATE hosts SET free_slots = 3 WHERE id = 'i-1'")
+        .execute(&pool)
+        .await;
     assert!(over.is_err(), "free_slots above capacity must be refused");
     let two_current = async {
-        sqlx::query("INSERT INTO regions (name) VALUES ('us-east-1')").execute(&pool).await?;
+        sqlx::query("INSERT INTO regions (name) VALUES ('us-east-1')")
+            .execute(&pool)
+            .await?;
         sqlx::query("INSERT INTO images (region, image_id, client_sha, status) VALUES ('us-east-1','a','x','CURRENT')")
             .execute(&pool)
             .await?;
@@ -60,7 +87,10 @@ async fn statuses_outside_the_vocabulary_are_refused(pool: PgPool) {
             .execute(&pool)
             .await
     };
-    assert!(two_current.await.is_err(), "a region has at most one CURRENT image");
+    assert!(
+        two_current.await.is_err(),
+        "a region has at most one CURRENT image"
+    );
 }
 
 #[sqlx::test(migrator = "MIGRATOR")]
@@ -106,11 +136,27 @@ async fn deleting_an_allocated_session_gives_its_slot_back_once(pool: PgPool) {
     .unwrap();
     assert_eq!(free_slots(&pool, "i-2").await, 1);
     for _ in 0..2 {
-        sqlx::query("DELETE FROM sessions WHERE id = $1").bind(allocated).execute(&pool).await.unwrap();
+        sqlx::query("DELETE FROM sessions WHERE id = $1")
+            .bind(allocated)
+            .execute(&pool)
+            .await
+            .unwrap();
     }
-    assert_eq!(free_slots(&pool, "i-2").await, 2, "an allocated session's slot comes back exactly once");
-    sqlx::query("DELETE FROM sessions WHERE id = $1").bind(warm).execute(&pool).await.unwrap();
-    assert_eq!(free_slots(&pool, "i-2").await, 2, "a warm session never held a slot");
+    assert_eq!(
+        free_slots(&pool, "i-2").await,
+        2,
+        "an allocated session's slot comes back exactly once"
+    );
+    sqlx::query("DELETE FROM sessions WHERE id = $1")
+        .bind(warm)
+        .execute(&pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        free_slots(&pool, "i-2").await,
+        2,
+        "a warm session never held a slot"
+    );
 }
 
 async fn next_notification(listener: &mut HintListener) -> (String, serde_json::Value) {
@@ -128,8 +174,14 @@ async fn next_notification(listener: &mut HintListener) -> (String, serde_json::
 async fn each_trigger_notifies_its_channel(pool: PgPool) {
     let host = HostId::parse("i-0abc").unwrap();
     let channel = host.channel();
-    let mut listener = HintListener::connect(&pool, &[&channel, "scaling", "config"]).await.unwrap();
-    assert_eq!(listener.recv().await, Hint::Resync, "a new listener starts by resyncing");
+    let mut listener = HintListener::connect(&pool, &[&channel, "scaling", "config"])
+        .await
+        .unwrap();
+    assert_eq!(
+        listener.recv().await,
+        Hint::Resync,
+        "a new listener starts by resyncing"
+    );
 
     insert_host(&pool, "i-0abc", 2).await;
     let (c1, p1) = next_notification(&mut listener).await;
@@ -153,29 +205,43 @@ async fn each_trigger_notifies_its_channel(pool: PgPool) {
         .await
         .unwrap();
     let (channel_seen, payload) = next_notification(&mut listener).await;
-    assert_eq!(channel_seen, "host_i-0abc", "a WAITING insert is silent, the allocation is not");
+    assert_eq!(
+        channel_seen, "host_i-0abc",
+        "a WAITING insert is silent, the allocation is not"
+    );
     assert_eq!(payload["kind"], "session");
     assert_eq!(payload["id"], session.to_string());
     assert_eq!(payload["status"], "ALLOCATED");
 
-    sqlx::query("DELETE FROM sessions WHERE id = $1").bind(session).execute(&pool).await.unwrap();
-    let mut seen = vec![next_notification(&mut listener).await, next_notification(&mut listener).await];
+    sqlx::query("DELETE FROM sessions WHERE id = $1")
+        .bind(session)
+        .execute(&pool)
+        .await
+        .unwrap();
+    let mut seen = [
+        next_notification(&mut listener).await,
+        next_notification(&mut listener).await,
+    ];
     seen.sort_by(|a, b| a.0.cmp(&b.0));
     assert_eq!(seen[0].1["status"], "DELETED");
     assert_eq!(seen[1].0, "scaling");
     assert_eq!(seen[1].1["kind"], "slot_freed");
 
-    sqlx::query("INSERT INTO regions (name, target_free_slots) VALUES ('eu-west-1', 4)").execute(&pool).await.unwrap();
+    sqlx::query("INSERT INTO regions (name, target_free_slots) VALUES ('eu-west-1', 4)")
+        .execute(&pool)
+        .await
+        .unwrap();
     let (channel_seen, payload) = next_notification(&mut listener).await;
     assert_eq!(channel_seen, "config");
-    assert_eq!(payload, serde_json::json!({"kind": "regions", "key": "eu-west-1", "op": "INSERT"}));
+    assert_eq!(
+        payload,
+        serde_json::json!({"kind": "regions", "key": "eu-west-1", "op": "INSERT"})
+    );
 
-    sqlx::query(
-        "INSERT INTO runtimes (name, image) VALUES ('python', 'berth-test-app:1')",
-    )
-    .execute(&pool)
-    .await
-    .unwrap();
+    sqlx::query("INSERT INTO runtimes (name, image) VALUES ('python', 'berth-test-app:1')")
+        .execute(&pool)
+        .await
+        .unwrap();
     let (_, payload) = next_notification(&mut listener).await;
     assert_eq!(payload["kind"], "runtimes");
     assert_eq!(payload["key"], "python");
@@ -194,10 +260,22 @@ async fn listener_reports_resync_after_its_connection_is_killed(pool: PgPool) {
     .await
     .unwrap();
     assert_eq!(killed, 1, "exactly the listener's backend is terminated");
-    let hint = tokio::time::timeout(Duration::from_secs(10), listener.recv()).await.unwrap();
-    assert_eq!(hint, Hint::Resync, "a lost connection must make the owner re-read the rows");
+    let hint = tokio::time::timeout(Duration::from_secs(10), listener.recv())
+        .await
+        .unwrap();
+    assert_eq!(
+        hint,
+        Hint::Resync,
+        "a lost connection must make the owner re-read the rows"
+    );
     // And it listens again afterwards.
-    sqlx::query("SELECT pg_notify('scaling', '{\"kind\":\"ping\"}')").execute(&pool).await.unwrap();
+    sqlx::query("SELECT pg_notify('scaling', '{\"kind\":\"ping\"}')")
+        .execute(&pool)
+        .await
+        .unwrap();
     let (channel, payload) = next_notification(&mut listener).await;
-    assert_eq!((channel.as_str(), payload["kind"].as_str()), ("scaling", Some("ping")));
+    assert_eq!(
+        (channel.as_str(), payload["kind"].as_str()),
+        ("scaling", Some("ping"))
+    );
 }

@@ -7,8 +7,16 @@ use berth_common::imds::server::{instance_values, ImdsServer};
 use berth_common::imds::{ImdsClient, ImdsError};
 
 async fn server() -> ImdsServer {
-    let values = instance_values("i-0123456789abcdef0", "g4dn.xlarge", "us-east-1", "ami-0abc", "203.0.113.7");
-    ImdsServer::start(SocketAddr::from(([127, 0, 0, 1], 0)), values).await.unwrap()
+    let values = instance_values(
+        "i-0123456789abcdef0",
+        "g4dn.xlarge",
+        "us-east-1",
+        "ami-0abc",
+        "203.0.113.7",
+    );
+    ImdsServer::start(SocketAddr::from(([127, 0, 0, 1], 0)), values)
+        .await
+        .unwrap()
 }
 
 #[tokio::test]
@@ -22,7 +30,11 @@ async fn reads_the_identity_with_one_token() {
     assert_eq!(id.ami_id, "ami-0abc");
     assert_eq!(id.public_ipv4, Some("203.0.113.7".parse().unwrap()));
     assert_eq!(imds.token_requests(), 1, "the token is cached across calls");
-    assert_eq!(imds.rejected_requests(), 0, "no request went out without a token");
+    assert_eq!(
+        imds.rejected_requests(),
+        0,
+        "no request went out without a token"
+    );
 }
 
 #[tokio::test]
@@ -30,31 +42,47 @@ async fn missing_items_are_none_and_missing_identity_is_a_clear_error() {
     let imds = server().await;
     imds.set_value("/latest/meta-data/public-ipv4", None);
     let client = ImdsClient::new(&imds.endpoint()).unwrap();
-    assert_eq!(client.get("/latest/meta-data/nothing-here").await.unwrap(), None);
+    assert_eq!(
+        client.get("/latest/meta-data/nothing-here").await.unwrap(),
+        None
+    );
     assert_eq!(client.identity().await.unwrap().public_ipv4, None);
     imds.set_value("/latest/meta-data/instance-id", None);
     let err = client.identity().await.unwrap_err();
     assert!(matches!(err, ImdsError::Missing { .. }), "{err}");
     imds.set_value("/latest/meta-data/instance-id", Some("../../etc"));
-    assert!(matches!(client.identity().await.unwrap_err(), ImdsError::Invalid { .. }));
+    assert!(matches!(
+        client.identity().await.unwrap_err(),
+        ImdsError::Invalid { .. }
+    ));
 }
 
 #[tokio::test]
 async fn refetches_the_token_on_401() {
     let imds = server().await;
     let client = ImdsClient::new(&imds.endpoint()).unwrap();
-    client.get("/latest/meta-data/instance-id").await.unwrap().unwrap();
+    client
+        .get("/latest/meta-data/instance-id")
+        .await
+        .unwrap()
+        .unwrap();
     imds.expire_all_tokens();
     let id = client.get("/latest/meta-data/instance-id").await.unwrap();
     assert_eq!(id.as_deref(), Some("i-0123456789abcdef0"));
     assert_eq!(imds.token_requests(), 2);
-    assert_eq!(imds.rejected_requests(), 1, "one 401, then success with a fresh token");
+    assert_eq!(
+        imds.rejected_requests(),
+        1,
+        "one 401, then success with a fresh token"
+    );
 }
 
 #[tokio::test]
 async fn honours_the_token_ttl() {
     let imds = server().await;
-    let client = ImdsClient::new(&imds.endpoint()).unwrap().with_token_ttl(Duration::from_secs(1));
+    let client = ImdsClient::new(&imds.endpoint())
+        .unwrap()
+        .with_token_ttl(Duration::from_secs(1));
     client.get("/latest/meta-data/instance-id").await.unwrap();
     client.get("/latest/meta-data/instance-id").await.unwrap();
     assert_eq!(imds.token_requests(), 1, "a live token is reused");
@@ -88,17 +116,29 @@ async fn refuses_to_work_without_a_token() {
     });
     let client = ImdsClient::new(&format!("http://{addr}")).unwrap();
     let err = client.identity().await.unwrap_err();
-    assert!(matches!(err, ImdsError::TokenRefused { status: 403, .. }), "{err}");
+    assert!(
+        matches!(err, ImdsError::TokenRefused { status: 403, .. }),
+        "{err}"
+    );
 }
 
 #[tokio::test]
 async fn unreachable_metadata_fails_in_bounded_time() {
     // Nothing listens here; the client must give up, not hang.
-    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
     let client = ImdsClient::new(&format!("http://{dead}")).unwrap();
     let started = std::time::Instant::now();
-    let err = tokio::time::timeout(Duration::from_secs(10), client.identity()).await.unwrap().unwrap_err();
+    let err = tokio::time::timeout(Duration::from_secs(10), client.identity())
+        .await
+        .unwrap()
+        .unwrap_err();
     assert!(matches!(err, ImdsError::Unreachable { .. }), "{err}");
     assert!(started.elapsed() < Duration::from_secs(8));
-    assert!(ImdsClient::new("https://example.com").is_err(), "only plain http link-local style endpoints");
+    assert!(
+        ImdsClient::new("https://example.com").is_err(),
+        "only plain http link-local style endpoints"
+    );
 }

@@ -26,7 +26,9 @@ async fn serve_once(identity: &HostIdentity) -> std::net::SocketAddr {
 async fn connect(addr: std::net::SocketAddr, pin: &str) -> Result<String, std::io::Error> {
     let connector = TlsConnector::from(Arc::new(tls::pinned_client_config(pin).unwrap()));
     let tcp = TcpStream::connect(addr).await?;
-    let mut stream = connector.connect(ServerName::try_from("berth-host").unwrap(), tcp).await?;
+    let mut stream = connector
+        .connect(ServerName::try_from("berth-host").unwrap(), tcp)
+        .await?;
     let mut out = String::new();
     stream.read_to_string(&mut out).await?;
     Ok(out)
@@ -41,7 +43,10 @@ async fn pinned_client_accepts_the_host_and_rejects_any_other_pin() {
 
     let other = HostIdentity::generate(&["127.0.0.1".to_owned()]).unwrap();
     let err = connect(addr, &other.sha256_hex).await.unwrap_err();
-    assert!(err.to_string().contains("does not match the pinned"), "{err}");
+    assert!(
+        err.to_string().contains("does not match the pinned"),
+        "{err}"
+    );
 }
 
 #[tokio::test]
@@ -60,5 +65,8 @@ async fn a_client_with_ordinary_web_pki_trust_rejects_the_self_signed_host() {
     let result = TlsConnector::from(Arc::new(config))
         .connect(ServerName::try_from("127.0.0.1").unwrap(), tcp)
         .await;
-    assert!(result.is_err(), "an unpinned client must not accept the host's certificate");
+    assert!(
+        result.is_err(),
+        "an unpinned client must not accept the host's certificate"
+    );
 }

@@ -38,7 +38,10 @@ impl HintListener {
             .listen_all(channels.iter().copied())
             .await
             .map_err(DbError::query("subscribing to NOTIFY channels"))?;
-        Ok(Self { listener, resync_pending: true })
+        Ok(Self {
+            listener,
+            resync_pending: true,
+        })
     }
 
     /// The next hint. Never returns an error: while the database is

@@ -30,7 +30,9 @@ pub enum DbError {
         #[source]
         source: sqlx::Error,
     },
-    #[error("applying schema migrations: {0}; an applied migration must never be edited, add a new one")]
+    #[error(
+        "applying schema migrations: {0}; an applied migration must never be edited, add a new one"
+    )]
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("database query failed while {doing}: {source}")]
     Query {
@@ -49,7 +51,11 @@ impl DbError {
 /// Opens a pool. The first connection is made eagerly so a wrong URL fails at
 /// start, not at the first request; `application_name` shows who is who in
 /// `pg_stat_activity`.
-pub async fn connect(url: &str, application_name: &str, max_connections: u32) -> Result<PgPool, DbError> {
+pub async fn connect(
+    url: &str,
+    application_name: &str,
+    max_connections: u32,
+) -> Result<PgPool, DbError> {
     let options: PgConnectOptions = url.parse().map_err(DbError::BadUrl)?;
     let target = format!("{}:{}", options.get_host(), options.get_port());
     let options = options.application_name(application_name);

@@ -8,7 +8,10 @@ use super::DbError;
 use crate::HostId;
 
 /// Takes one free slot on `host`; `None` when it has none left.
-pub async fn take_free_slot<'e>(db: impl PgExecutor<'e>, host: &HostId) -> Result<Option<i32>, DbError> {
+pub async fn take_free_slot<'e>(
+    db: impl PgExecutor<'e>,
+    host: &HostId,
+) -> Result<Option<i32>, DbError> {
     sqlx::query_scalar(
         "UPDATE hosts SET free_slots = free_slots - 1 \
          WHERE id = $1 AND free_slots > 0 RETURNING free_slots",
@@ -21,7 +24,10 @@ pub async fn take_free_slot<'e>(db: impl PgExecutor<'e>, host: &HostId) -> Resul
 
 /// Gives one slot back to `host`, never above its capacity; `None` when the
 /// host is gone or already full.
-pub async fn release_free_slot<'e>(db: impl PgExecutor<'e>, host: &HostId) -> Result<Option<i32>, DbError> {
+pub async fn release_free_slot<'e>(
+    db: impl PgExecutor<'e>,
+    host: &HostId,
+) -> Result<Option<i32>, DbError> {
     sqlx::query_scalar(
         "UPDATE hosts SET free_slots = free_slots + 1 \
          WHERE id = $1 AND free_slots < capacity RETURNING free_slots",

@@ -22,7 +22,9 @@ const ATTEMPTS: u32 = 3;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ImdsError {
-    #[error("invalid IMDS endpoint {0:?}: expected an http:// base URL such as http://169.254.169.254")]
+    #[error(
+        "invalid IMDS endpoint {0:?}: expected an http:// base URL such as http://169.254.169.254"
+    )]
     BadEndpoint(String),
     #[error("instance metadata at {endpoint} refused a session token (HTTP {status}); IMDSv2 is required and IMDSv1 is never used")]
     TokenRefused { endpoint: String, status: u16 },
@@ -37,7 +39,11 @@ pub enum ImdsError {
     #[error("instance metadata {path} is missing; this does not look like an EC2 instance")]
     Missing { path: String },
     #[error("instance metadata {path} has an invalid value {value:?}: {why}")]
-    Invalid { path: String, value: String, why: String },
+    Invalid {
+        path: String,
+        value: String,
+        why: String,
+    },
 }
 
 /// Who this instance is, from metadata.
@@ -78,8 +84,16 @@ impl ImdsClient {
             // IMDSv2 rejects proxied token requests; never go through a proxy.
             .no_proxy()
             .build()
-            .map_err(|source| ImdsError::Unreachable { endpoint: endpoint.clone(), source })?;
-        Ok(Self { endpoint, http, token_ttl: MAX_TOKEN_TTL, token: Mutex::new(None) })
+            .map_err(|source| ImdsError::Unreachable {
+                endpoint: endpoint.clone(),
+                source,
+            })?;
+        Ok(Self {
+            endpoint,
+            http,
+            token_ttl: MAX_TOKEN_TTL,
+            token: Mutex::new(None),
+        })
     }
 
     /// Token lifetime to ask for (clamped to 1 s..=6 h).
@@ -94,19 +108,34 @@ impl ImdsClient {
         for _ in 0..2 {
             let token = self.token().await?;
             let response = self
-                .send(|| self.http.get(format!("{}{path}", self.endpoint)).header(TOKEN_HEADER, &token))
+                .send(|| {
+                    self.http
+                        .get(format!("{}{path}", self.endpoint))
+                        .header(TOKEN_HEADER, &token)
+                })
                 .await?;
             match response.status().as_u16() {
                 200 => {
-                    let text = response.text().await.map_err(|source| self.unreachable(source))?;
+                    let text = response
+                        .text()
+                        .await
+                        .map_err(|source| self.unreachable(source))?;
                     return Ok(Some(text));
                 }
                 404 => return Ok(None),
                 401 => *self.token.lock().await = None,
-                status => return Err(ImdsError::Status { path: path.to_owned(), status }),
+                status => {
+                    return Err(ImdsError::Status {
+                        path: path.to_owned(),
+                        status,
+                    })
+                }
             }
         }
-        Err(ImdsError::Status { path: path.to_owned(), status: 401 })
+        Err(ImdsError::Status {
+            path: path.to_owned(),
+            status: 401,
+        })
     }
 
     async fn token(&self) -> Result<String, ImdsError> {
@@ -116,20 +145,36 @@ impl ImdsClient {
         }
         let ttl = self.token_ttl.as_secs().to_string();
         let response = self
-            .send(|| self.http.put(format!("{}{TOKEN_PATH}", self.endpoint)).header(TTL_HEADER, &ttl))
+            .send(|| {
+                self.http
+                    .put(format!("{}{TOKEN_PATH}", self.endpoint))
+                    .header(TTL_HEADER, &ttl)
+            })
             .await?;
         let status = response.status().as_u16();
         if status != 200 {
-            return Err(ImdsError::TokenRefused { endpoint: self.endpoint.clone(), status });
+            return Err(ImdsError::TokenRefused {
+                endpoint: self.endpoint.clone(),
+                status,
+            });
         }
-        let value = response.text().await.map_err(|source| self.unreachable(source))?;
+        let value = response
+            .text()
+            .await
+            .map_err(|source| self.unreachable(source))?;
         if value.is_empty() {
-            return Err(ImdsError::TokenRefused { endpoint: self.endpoint.clone(), status });
+            return Err(ImdsError::TokenRefused {
+                endpoint: self.endpoint.clone(),
+                status,
+            });
         }
         // Refresh with a tenth of the lifetime to spare, so a token never
         // expires between our check and the server's.
         let refresh_at = Instant::now() + self.token_ttl - self.token_ttl / 10;
-        *cached = Some(Token { value: value.clone(), refresh_at });
+        *cached = Some(Token {
+            value: value.clone(),
+            refresh_at,
+        });
         Ok(value)
     }
 
@@ -152,13 +197,19 @@ impl ImdsClient {
     }
 
     fn unreachable(&self, source: reqwest::Error) -> ImdsError {
-        ImdsError::Unreachable { endpoint: self.endpoint.clone(), source }
+        ImdsError::Unreachable {
+            endpoint: self.endpoint.clone(),
+            source,
+        }
     }
 
     async fn required(&self, path: &str) -> Result<String, ImdsError> {
-        let value = self.get(path).await?.ok_or_else(|| ImdsError::Missing { path: path.to_owned() })?;
+        let value = self.get(path).await?.ok_or_else(|| ImdsError::Missing {
+            path: path.to_owned(),
+        })?;
         let value = value.trim();
-        let ok = !value.is_empty() && value.len() <= 128 && value.bytes().all(|b| b.is_ascii_graphic());
+        let ok =
+            !value.is_empty() && value.len() <= 128 && value.bytes().all(|b| b.is_ascii_graphic());
         if !ok {
             return Err(ImdsError::Invalid {
                 path: path.to_owned(),
@@ -170,7 +221,9 @@ impl ImdsClient {
     }
 
     async fn ip(&self, path: &str) -> Result<Option<IpAddr>, ImdsError> {
-        let Some(value) = self.get(path).await? else { return Ok(None) };
+        let Some(value) = self.get(path).await? else {
+            return Ok(None);
+        };
         let value = value.trim();
         value.parse().map(Some).map_err(|_| ImdsError::Invalid {
             path: path.to_owned(),

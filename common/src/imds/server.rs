@@ -55,7 +55,10 @@ pub fn instance_values(
         ("/latest/meta-data/instance-id", instance_id),
         ("/latest/meta-data/instance-type", instance_type),
         ("/latest/meta-data/placement/region", region),
-        ("/latest/meta-data/placement/availability-zone", &format!("{region}a")),
+        (
+            "/latest/meta-data/placement/availability-zone",
+            &format!("{region}a"),
+        ),
         ("/latest/meta-data/ami-id", ami_id),
         ("/latest/meta-data/public-ipv4", ip),
         ("/latest/meta-data/local-ipv4", ip),
@@ -70,7 +73,10 @@ impl ImdsServer {
     pub async fn start(addr: SocketAddr, values: HashMap<String, String>) -> std::io::Result<Self> {
         let listener = TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
-        let state = Arc::new(State { values: Mutex::new(values), ..State::default() });
+        let state = Arc::new(State {
+            values: Mutex::new(values),
+            ..State::default()
+        });
         let task = tokio::spawn(accept_loop(listener, state.clone()));
         Ok(Self { addr, state, task })
     }
@@ -110,7 +116,9 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 async fn accept_loop(listener: TcpListener, state: Arc<State>) {
     loop {
-        let Ok((stream, _)) = listener.accept().await else { continue };
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
         let state = state.clone();
         tokio::spawn(async move {
             let service = service_fn(move |req| {
