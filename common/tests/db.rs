@@ -10,7 +10,7 @@ use sqlx::PgPool;
 async fn insert_host(pool: &PgPool, id: &str, capacity: i32) {
     sqlx::query(
         "INSERT INTO hosts (id, region, image_id, instance_type, capacity, free_slots, status) \
-         VALUES ($1, 'us-east-1', 'ami-1', 't3.large', $2, $2, 'PRE_CONNECTION')",
+         VALUES ($1, 'us-east-1', 'ami-1', 't3.large', $2, $2, 'ACTIVE')",
     )
     .bind(id)
     .bind(capacity)
@@ -189,7 +189,7 @@ async fn each_trigger_notifies_its_channel(pool: PgPool) {
     let mut got = [(c1, p1), (c2, p2)];
     got.sort_by(|a, b| a.0.cmp(&b.0));
     assert_eq!(got[0].0, "host_i-0abc");
-    assert_eq!(got[0].1["status"], "PRE_CONNECTION");
+    assert_eq!(got[0].1["status"], "ACTIVE");
     assert_eq!(got[1].0, "scaling");
     assert_eq!(got[1].1["region"], "us-east-1");
 

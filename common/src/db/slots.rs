@@ -7,14 +7,16 @@ use sqlx::PgExecutor;
 use super::DbError;
 use crate::HostId;
 
-/// Takes one free slot on `host`; `None` when it has none left.
+/// Takes one free slot on `host` if it is ACTIVE; `None` when it has none left
+/// or stopped taking sessions. The status check makes a drain and an assign
+/// racing on one host end consistently: whichever commits first wins.
 pub async fn take_free_slot<'e>(
     db: impl PgExecutor<'e>,
     host: &HostId,
 ) -> Result<Option<i32>, DbError> {
     sqlx::query_scalar(
         "UPDATE hosts SET free_slots = free_slots - 1 \
-         WHERE id = $1 AND free_slots > 0 RETURNING free_slots",
+         WHERE id = $1 AND free_slots > 0 AND status = 'ACTIVE' RETURNING free_slots",
     )
     .bind(host)
     .fetch_optional(db)
