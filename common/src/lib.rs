@@ -8,9 +8,12 @@ pub mod atomic_file;
 pub mod auth;
 pub mod config;
 pub mod db;
+pub mod http;
 pub mod ids;
 pub mod imds;
 pub mod telemetry;
+#[cfg(feature = "testing")]
+pub mod testing;
 pub mod tls;
 
 pub use ids::{

@@ -53,7 +53,7 @@ fn walk(dir: &std::path::Path) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_bad_request_is_refused_and_changes_nothing() {
     let db = TestDb::new().await;
-    db.add_runtime(RUNTIME, serde_json::json!({}), 10).await;
+    add_runtime(&db, RUNTIME, serde_json::json!({}), 10).await;
     let th = start_host(
         &db,
         HostArgs {
@@ -262,7 +262,7 @@ async fn every_bad_request_is_refused_and_changes_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_faster_than_the_allocation_hint_is_served() {
     let db = TestDb::new().await;
-    db.add_runtime(RUNTIME, serde_json::json!({}), 10).await;
+    add_runtime(&db, RUNTIME, serde_json::json!({}), 10).await;
     let th = start_host(
         &db,
         HostArgs {

@@ -15,7 +15,7 @@ async fn a_session_container_gets_its_tty_and_can_use_it() {
         return;
     }
     let db = TestDb::new().await;
-    db.add_runtime(RUNTIME, serde_json::json!({}), 10).await;
+    add_runtime(&db, RUNTIME, serde_json::json!({}), 10).await;
     let th = start_host(
         &db,
         HostArgs {

@@ -14,7 +14,7 @@ const JSON_DATA: &str =
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_session_goes_from_warm_to_running_and_teardown_leaves_nothing() {
     let db = TestDb::new().await;
-    db.add_runtime(RUNTIME, serde_json::json!({}), 10).await;
+    add_runtime(&db, RUNTIME, serde_json::json!({}), 10).await;
     let th = start_host(&db, HostArgs::default()).await;
     wait_warm(&db, &th, 2).await;
 
@@ -144,7 +144,7 @@ fn berth_host_tty_free(th: &TestHost, tty: u8) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn twenty_sessions_at_once_get_distinct_ttys_and_ports() {
     let db = TestDb::new().await;
-    db.add_runtime(RUNTIME, serde_json::json!({}), 10).await;
+    add_runtime(&db, RUNTIME, serde_json::json!({}), 10).await;
     let th = start_host(
         &db,
         HostArgs {
@@ -203,7 +203,7 @@ async fn twenty_sessions_at_once_get_distinct_ttys_and_ports() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pinned_client_accepts_the_host_and_a_wrong_pin_fails() {
     let db = TestDb::new().await;
-    db.add_runtime(RUNTIME, serde_json::json!({}), 10).await;
+    add_runtime(&db, RUNTIME, serde_json::json!({}), 10).await;
     let th = start_host(
         &db,
         HostArgs {
@@ -250,7 +250,7 @@ async fn a_pinned_client_accepts_the_host_and_a_wrong_pin_fails() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_never_connects_costs_only_the_timeout() {
     let db = TestDb::new().await;
-    db.add_runtime(RUNTIME, serde_json::json!({}), 10).await;
+    add_runtime(&db, RUNTIME, serde_json::json!({}), 10).await;
     let th = start_host(
         &db,
         HostArgs {
@@ -282,7 +282,8 @@ async fn a_client_that_never_connects_costs_only_the_timeout() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_app_that_never_gets_ready_is_torn_down_with_a_clear_error() {
     let db = TestDb::new().await;
-    db.add_runtime(
+    add_runtime(
+        &db,
         "never-ready",
         serde_json::json!({"APP_NEVER_READY": "1"}),
         1,

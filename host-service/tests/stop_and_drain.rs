@@ -39,7 +39,7 @@ async fn running_session(db: &TestDb, th: &TestHost) -> (Uuid, String, u64) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_leaves_sessions_running_and_a_restart_adopts_them() {
     let db = TestDb::new().await;
-    db.add_runtime(RUNTIME, serde_json::json!({}), 10).await;
+    add_runtime(&db, RUNTIME, serde_json::json!({}), 10).await;
     let host_id = format!("t-{}", &Uuid::new_v4().simple().to_string()[..10]);
     let state_dir = std::env::temp_dir().join(format!("berth-state-{host_id}"));
     let argv = host_args(
@@ -190,7 +190,7 @@ async fn sigterm_leaves_sessions_running_and_a_restart_adopts_them() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn draining_stops_warm_sessions_lets_running_ones_finish_then_terminates() {
     let db = TestDb::new().await;
-    db.add_runtime(RUNTIME, serde_json::json!({}), 10).await;
+    add_runtime(&db, RUNTIME, serde_json::json!({}), 10).await;
     let mut th = start_host(
         &db,
         HostArgs {

@@ -5,7 +5,6 @@
 //! runs in its own task with a deadline, headers must arrive in time, and
 //! bodies are bounded in size and time.
 
-mod error;
 mod routes;
 
 use std::sync::Arc;
@@ -18,7 +17,7 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
-pub use error::ApiError;
+pub use berth_common::http::ApiError;
 
 use crate::host::Host;
 

@@ -3,15 +3,14 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use berth_common::auth::{bearer_token, token_matches};
+use berth_common::auth::token_matches;
+use berth_common::http::{bearer, json, read_body, text, ApiError, HttpResponse};
 use berth_common::SessionId;
-use http::{header, Method, Request, StatusCode};
-use http_body_util::{BodyExt, Limited};
+use http::{Method, Request, StatusCode};
 use hyper::body::Incoming;
 use serde::Deserialize;
 use serde_json::json;
 
-use super::error::{json, text, ApiError, HttpResponse};
 use crate::host::Host;
 use crate::session::finish::{self, FinishError};
 use crate::session::teardown::spawn_teardown;
@@ -70,51 +69,6 @@ fn metrics(host: &Host) -> HttpResponse {
     )
 }
 
-fn bearer<B>(req: &Request<B>) -> Result<String, ApiError> {
-    req.headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(bearer_token)
-        .map(str::to_owned)
-        .ok_or_else(ApiError::unauthorized)
-}
-
-/// Reads the body within the size limit and the time limit.
-async fn read_body(host: &Host, req: Request<Incoming>) -> Result<bytes::Bytes, ApiError> {
-    let limit = host.config.max_body_bytes;
-    let too_large = || {
-        ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "PAYLOAD_TOO_LARGE",
-            format!("the body exceeds {limit} bytes"),
-        )
-    };
-    let declared = req
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-    if declared.is_some_and(|len| len > limit as u64) {
-        return Err(too_large());
-    }
-    match tokio::time::timeout(BODY_TIMEOUT, Limited::new(req.into_body(), limit).collect()).await {
-        Ok(Ok(collected)) => Ok(collected.to_bytes()),
-        Ok(Err(e))
-            if e.downcast_ref::<http_body_util::LengthLimitError>()
-                .is_some() =>
-        {
-            Err(too_large())
-        }
-        Ok(Err(e)) => Err(ApiError::bad_request(format!(
-            "reading the body failed: {e}"
-        ))),
-        Err(_) => Err(ApiError::new(
-            StatusCode::REQUEST_TIMEOUT,
-            "REQUEST_TIMEOUT",
-            "the body did not arrive in time",
-        )),
-    }
-}
-
 #[derive(Debug, Deserialize)]
 struct JsonTransport {
     session_id: String,
@@ -126,7 +80,7 @@ async fn json_transport(
     req: Request<Incoming>,
 ) -> Result<HttpResponse, ApiError> {
     let token = bearer(&req)?;
-    let body = read_body(host, req).await?;
+    let body = read_body(req, host.config.max_body_bytes, BODY_TIMEOUT).await?;
     let request: JsonTransport = serde_json::from_slice(&body).map_err(|e| {
         ApiError::bad_request(format!("expected {{\"session_id\": \"<uuid>\", \"json_data\": \"<JSON object as a string>\"}}: {e}"))
     })?;

@@ -28,60 +28,23 @@ pub fn test_image() -> String {
     std::env::var("BERTH_TEST_IMAGE").unwrap_or_else(|_| "berth-test-app:1".to_owned())
 }
 
-pub fn base_url() -> String {
-    std::env::var("DATABASE_URL")
-        .expect("DATABASE_URL must point at the test PostgreSQL; run scripts/test, which starts it")
+pub use berth_common::testing::TestDb;
+
+/// Adds the test runtime (the locally built app image) to a test database.
+pub async fn add_runtime(db: &TestDb, name: &str, env: serde_json::Value, ready_timeout_s: i32) {
+    sqlx::query(
+        "INSERT INTO runtimes (name, image, ports, env, memory_mib, needs_tty, needs_uinput, readiness, ready_timeout_s) \
+         VALUES ($1, $2, '[{\"container_port\": 8080, \"protocol\": \"tcp\"}]', $3, 64, true, true, \
+                 '{\"http\": {\"port\": 8080, \"path\": \"/ready\"}}', $4)",
+    )
+    .bind(name)
+    .bind(test_image())
+    .bind(env)
+    .bind(ready_timeout_s)
+    .execute(&db.pool)
+    .await
+    .expect("inserting the test runtime");
 }
-
-/// A database of its own for one test, migrated.
-pub struct TestDb {
-    pub url: String,
-    pub pool: PgPool,
-    name: String,
-}
-
-impl TestDb {
-    pub async fn new() -> Self {
-        tls::install_crypto_provider();
-        let base = base_url();
-        let admin = db::connect(&base, "berth-tests", 2)
-            .await
-            .expect("connecting to the test PostgreSQL");
-        let name = format!("berth_t_{}", &Uuid::new_v4().simple().to_string()[..16]);
-        sqlx::query(&format!("CREATE DATABASE {name}"))
-            .execute(&admin)
-            .await
-            .expect("creating a test database");
-        admin.close().await;
-        let (prefix, _) = base
-            .rsplit_once('/')
-            .expect("DATABASE_URL has a database path");
-        let url = format!("{prefix}/{name}");
-        let pool = db::connect(&url, "berth-tests", 8)
-            .await
-            .expect("connecting to the test database");
-        db::migrate(&pool)
-            .await
-            .expect("migrating the test database");
-        Self { url, pool, name }
-    }
-
-    pub async fn add_runtime(&self, name: &str, env: serde_json::Value, ready_timeout_s: i32) {
-        sqlx::query(
-            "INSERT INTO runtimes (name, image, ports, env, memory_mib, needs_tty, needs_uinput, readiness, ready_timeout_s) \
-             VALUES ($1, $2, '[{\"container_port\": 8080, \"protocol\": \"tcp\"}]', $3, 64, true, true, \
-                     '{\"http\": {\"port\": 8080, \"path\": \"/ready\"}}', $4)",
-        )
-        .bind(name)
-        .bind(test_image())
-        .bind(env)
-        .bind(ready_timeout_s)
-        .execute(&self.pool)
-        .await
-        .expect("inserting the test runtime");
-    }
-}
-
 /// Distinct host port ranges per daemon in this test binary.
 static NEXT_PORT_BLOCK: AtomicU16 = AtomicU16::new(0);
 

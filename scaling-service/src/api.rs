@@ -1,0 +1,375 @@
+//! The scaler's HTTP API (plain HTTP behind the platform's TLS, on $PORT):
+//! assign, the caller's sessions, runtimes, regions, health and metrics.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use berth_common::http::{bearer, json, read_body, text, ApiError, HttpResponse};
+use http::{Method, Request, StatusCode};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use serde::Deserialize;
+use serde_json::json;
+use tokio::net::TcpListener;
+use uuid::Uuid;
+
+use crate::assign::{assign, AssignError, AssignRequest, Assigned};
+use crate::auth::AuthError;
+use crate::scaler::Scaler;
+
+const BODY_TIMEOUT: Duration = Duration::from_secs(15);
+const OPENAPI: &str = include_str!("openapi.json");
+
+pub async fn serve(scaler: Arc<Scaler>, listener: TcpListener) {
+    let graceful = GracefulShutdown::new();
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(10));
+    let builder = Arc::new(builder);
+    loop {
+        let (tcp, _) = tokio::select! {
+            _ = scaler.stop.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(conn) => conn,
+                Err(error) => {
+                    tracing::warn!(%error, "accepting a connection failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let (scaler, builder) = (scaler.clone(), builder.clone());
+        let watcher = graceful.watcher();
+        tokio::spawn(async move {
+            let service = service_fn(move |req| {
+                let scaler = scaler.clone();
+                async move { Ok::<_, Infallible>(handle(scaler, req).await) }
+            });
+            let _ = watcher
+                .watch(
+                    builder
+                        .serve_connection(TokioIo::new(tcp), service)
+                        .into_owned(),
+                )
+                .await;
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(Duration::from_secs(5), graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("some API connections did not finish within the shutdown grace");
+    }
+}
+
+pub async fn handle(scaler: Arc<Scaler>, req: Request<Incoming>) -> HttpResponse {
+    let path = req.uri().path().to_owned();
+    let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    let result = match (req.method(), segments.as_slice()) {
+        (&Method::GET, ["healthz"]) => Ok(text(StatusCode::OK, "text/plain", "ok\n")),
+        (&Method::GET, ["readyz"]) => Ok(readyz(&scaler).await),
+        (&Method::GET, ["metrics"]) => Ok(text(
+            StatusCode::OK,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            scaler.metrics.render(),
+        )),
+        (&Method::GET, ["openapi.json"]) => Ok(text(StatusCode::OK, "application/json", OPENAPI)),
+        (&Method::POST, ["sessions"]) => post_session(&scaler, req, false).await,
+        (&Method::POST, ["mandelbox", "assign"]) => post_session(&scaler, req, true).await,
+        (&Method::GET, ["sessions"]) => list_sessions(&scaler, &req).await,
+        (&Method::GET, ["sessions", id]) => get_session(&scaler, &req, id).await,
+        (&Method::DELETE, ["sessions", id]) => delete_session(&scaler, &req, id).await,
+        (&Method::GET, ["runtimes"]) => runtimes(&scaler, &req).await,
+        (&Method::GET, ["regions"]) => regions(&scaler, &req).await,
+        (
+            _,
+            ["healthz" | "readyz" | "metrics" | "openapi.json" | "sessions" | "runtimes" | "regions"],
+        )
+        | (_, ["sessions", _])
+        | (_, ["mandelbox", "assign"]) => Err(ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "METHOD_NOT_ALLOWED",
+            "method not allowed here",
+        )),
+        _ => Err(ApiError::not_found()),
+    };
+    result.unwrap_or_else(ApiError::into_response)
+}
+
+async fn readyz(scaler: &Scaler) -> HttpResponse {
+    match sqlx::query("SELECT 1").execute(&scaler.db).await {
+        Ok(_) => text(StatusCode::OK, "text/plain", "ready\n"),
+        Err(_) => text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "text/plain",
+            "database unreachable\n",
+        ),
+    }
+}
+
+async fn user(scaler: &Scaler, req: &Request<Incoming>) -> Result<String, ApiError> {
+    let token = bearer(req)?;
+    scaler.auth.user(&token).await.map_err(|e| match e {
+        AuthError::KeysUnavailable(_) => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "AUTH_UNAVAILABLE",
+            e.to_string(),
+        ),
+        _ => ApiError::new(StatusCode::UNAUTHORIZED, "UNAUTHORIZED", e.to_string()),
+    })
+}
+
+/// Whist's assign body, mapped onto Berth's.
+#[derive(Debug, Deserialize)]
+struct WhistAssign {
+    regions: Vec<String>,
+    #[serde(default)]
+    client_commit_hash: String,
+    #[serde(default)]
+    session_id: Option<serde_json::Value>,
+    #[serde(default)]
+    runtime: Option<String>,
+}
+
+fn assign_error(e: AssignError) -> ApiError {
+    let (status, code) = match &e {
+        AssignError::BadRequest(_) => (StatusCode::BAD_REQUEST, "BAD_REQUEST"),
+        AssignError::UnknownRuntime(_) => (StatusCode::BAD_REQUEST, "UNKNOWN_RUNTIME"),
+        AssignError::RegionNotEnabled(_) => (StatusCode::BAD_REQUEST, "REGION_NOT_ENABLED"),
+        AssignError::UserLimit(_) => (StatusCode::TOO_MANY_REQUESTS, "USER_LIMIT"),
+        AssignError::CommitMismatch(_) => (StatusCode::CONFLICT, "COMMIT_MISMATCH"),
+        AssignError::NoCapacity => (StatusCode::SERVICE_UNAVAILABLE, "NO_CAPACITY"),
+        AssignError::Ending => (StatusCode::CONFLICT, "SESSION_ENDING"),
+        AssignError::Db(_) => (StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL"),
+    };
+    if status.is_server_error() && code == "INTERNAL" {
+        tracing::error!(error = %e, "assign failed");
+    }
+    ApiError::new(status, code, e.to_string())
+}
+
+async fn post_session(
+    scaler: &Arc<Scaler>,
+    req: Request<Incoming>,
+    whist: bool,
+) -> Result<HttpResponse, ApiError> {
+    let started = Instant::now();
+    let user = user(scaler, &req).await?;
+    let body = read_body(req, scaler.config.max_body_bytes, BODY_TIMEOUT).await?;
+    let request: AssignRequest = if whist {
+        let w: WhistAssign = serde_json::from_slice(&body)
+            .map_err(|e| ApiError::bad_request(format!("malformed assign body: {e}")))?;
+        AssignRequest {
+            runtime: w.runtime.unwrap_or_else(|| "desktop".to_owned()),
+            regions: w.regions,
+            client_commit: w.client_commit_hash,
+            client_session_id: w.session_id.map(|v| {
+                v.as_str()
+                    .map(str::to_owned)
+                    .unwrap_or_else(|| v.to_string())
+            }),
+        }
+    } else {
+        serde_json::from_slice(&body).map_err(|e| {
+            ApiError::bad_request(format!(
+                "expected {{\"runtime\", \"regions\": [..], \"client_commit\", \"client_session_id\"}}: {e}"
+            ))
+        })?
+    };
+    let outcome = match tokio::time::timeout(
+        scaler.config.assign_deadline(),
+        assign(&scaler.db, &user, &request),
+    )
+    .await
+    {
+        Ok(outcome) => outcome.map_err(|e| {
+            if matches!(e, AssignError::NoCapacity) {
+                // Demand the buffer did not meet: let the controllers look now.
+                for region in &request.regions {
+                    scaler.wake(region);
+                }
+            }
+            assign_error(e)
+        }),
+        Err(_) => Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "ASSIGN_TIMEOUT",
+            "the assign did not finish in time; retry",
+        )),
+    };
+    scaler
+        .metrics
+        .assign_seconds
+        .observe(started.elapsed().as_secs_f64());
+    let assigned = outcome.inspect_err(|_| {
+        scaler.metrics.assign_failures.inc();
+    })?;
+    scaler.metrics.assigns.inc();
+    if assigned.created {
+        // A slot left the buffer: the region may need a host.
+        for region in &request.regions {
+            scaler.wake(region);
+        }
+    }
+    let status = if assigned.created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok(json(status, &assigned_body(&assigned, whist)))
+}
+
+fn assigned_body(a: &Assigned, whist: bool) -> serde_json::Value {
+    let mut body = serde_json::to_value(a).unwrap_or_default();
+    if whist {
+        body["mandelbox_id"] = json!(a.session_id);
+        body["ip"] = json!(a.host.ip);
+    }
+    body
+}
+
+fn session_id(id: &str) -> Result<Uuid, ApiError> {
+    id.parse::<berth_common::SessionId>()
+        .map(|s| s.0)
+        .map_err(|_| ApiError::new(StatusCode::NOT_FOUND, "NOT_FOUND", "no such session"))
+}
+
+const SESSION_SELECT: &str = "SELECT s.id, s.status::text AS status, s.status_reason, s.runtime, s.ports, s.created_at, s.ready_at, \
+     h.id AS host_id, host(h.public_ip) AS ip, h.api_port, h.cert_sha256 FROM sessions s JOIN hosts h ON h.id = s.host_id";
+
+#[derive(sqlx::FromRow)]
+struct SessionRow {
+    id: Uuid,
+    status: String,
+    status_reason: Option<String>,
+    runtime: String,
+    ports: serde_json::Value,
+    created_at: chrono::DateTime<chrono::Utc>,
+    ready_at: Option<chrono::DateTime<chrono::Utc>>,
+    host_id: String,
+    ip: Option<String>,
+    api_port: Option<i32>,
+    cert_sha256: Option<String>,
+}
+
+fn session_json(s: &SessionRow) -> serde_json::Value {
+    json!({"session_id": s.id, "status": s.status, "status_reason": s.status_reason, "runtime": s.runtime, "ports": s.ports,
+           "created_at": s.created_at, "ready_at": s.ready_at,
+           "host": {"id": s.host_id, "ip": s.ip, "api_port": s.api_port, "cert_sha256": s.cert_sha256}})
+}
+
+fn internal(e: sqlx::Error) -> ApiError {
+    tracing::error!(error = %e, "database query failed");
+    ApiError::new(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "INTERNAL",
+        "the database query failed; retry",
+    )
+}
+
+async fn get_session(
+    scaler: &Scaler,
+    req: &Request<Incoming>,
+    id: &str,
+) -> Result<HttpResponse, ApiError> {
+    let user = user(scaler, req).await?;
+    let id = session_id(id)?;
+    // Another user's session is "not found", not "forbidden": ids do not leak.
+    let row: Option<SessionRow> = sqlx::query_as(&format!(
+        "{SESSION_SELECT} WHERE s.id = $1 AND s.user_id = $2"
+    ))
+    .bind(id)
+    .bind(&user)
+    .fetch_optional(&scaler.db)
+    .await
+    .map_err(internal)?;
+    let row =
+        row.ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "NOT_FOUND", "no such session"))?;
+    Ok(json(StatusCode::OK, &session_json(&row)))
+}
+
+async fn list_sessions(scaler: &Scaler, req: &Request<Incoming>) -> Result<HttpResponse, ApiError> {
+    let user = user(scaler, req).await?;
+    let rows: Vec<SessionRow> = sqlx::query_as(&format!(
+        "{SESSION_SELECT} WHERE s.user_id = $1 ORDER BY s.created_at"
+    ))
+    .bind(&user)
+    .fetch_all(&scaler.db)
+    .await
+    .map_err(internal)?;
+    Ok(json(
+        StatusCode::OK,
+        &json!({"sessions": rows.iter().map(session_json).collect::<Vec<_>>()}),
+    ))
+}
+
+async fn delete_session(
+    scaler: &Scaler,
+    req: &Request<Incoming>,
+    id: &str,
+) -> Result<HttpResponse, ApiError> {
+    let user = user(scaler, req).await?;
+    let id = session_id(id)?;
+    // DYING notifies the host, which tears the session down and frees the slot.
+    let moved = sqlx::query("UPDATE sessions SET status = 'DYING', status_reason = 'deleted by its owner' WHERE id = $1 AND user_id = $2")
+        .bind(id)
+        .bind(&user)
+        .execute(&scaler.db)
+        .await
+        .map_err(internal)?;
+    if moved.rows_affected() == 0 {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "NOT_FOUND",
+            "no such session",
+        ));
+    }
+    Ok(json(
+        StatusCode::ACCEPTED,
+        &json!({"session_id": id, "status": "DYING"}),
+    ))
+}
+
+async fn runtimes(scaler: &Scaler, req: &Request<Incoming>) -> Result<HttpResponse, ApiError> {
+    user(scaler, req).await?;
+    let rows: Vec<(String, String, serde_json::Value, i32, i32, Option<i32>)> =
+        sqlx::query_as("SELECT name, description, ports, memory_mib, cpu_shares, idle_timeout_s FROM runtimes ORDER BY name")
+            .fetch_all(&scaler.db)
+            .await
+            .map_err(internal)?;
+    let list: Vec<_> = rows
+        .into_iter()
+        .map(|(name, description, ports, memory_mib, cpu_shares, idle)| {
+            json!({"name": name, "description": description, "ports": ports, "memory_mib": memory_mib,
+                   "cpu_shares": cpu_shares, "idle_timeout_s": idle})
+        })
+        .collect();
+    Ok(json(StatusCode::OK, &json!({"runtimes": list})))
+}
+
+async fn regions(scaler: &Scaler, req: &Request<Incoming>) -> Result<HttpResponse, ApiError> {
+    user(scaler, req).await?;
+    let rows: Vec<(String, bool, i32, i32, i64, i64)> = sqlx::query_as(
+        "SELECT r.name, r.enabled, r.target_free_slots, r.max_hosts, \
+                count(h.id) FILTER (WHERE h.status NOT IN ('TERMINATING', 'TERMINATED')), \
+                coalesce(sum(h.free_slots) FILTER (WHERE h.status = 'ACTIVE'), 0) \
+         FROM regions r LEFT JOIN hosts h ON h.region = r.name GROUP BY r.name ORDER BY r.name",
+    )
+    .fetch_all(&scaler.db)
+    .await
+    .map_err(internal)?;
+    let list: Vec<_> = rows
+        .into_iter()
+        .map(|(name, enabled, target, max, hosts, free)| {
+            json!({"name": name, "enabled": enabled, "target_free_slots": target, "max_hosts": max, "hosts": hosts, "free_slots": free})
+        })
+        .collect();
+    Ok(json(StatusCode::OK, &json!({"regions": list})))
+}

@@ -1,0 +1,314 @@
+//! Assign: give a user a warm session, in one transaction. Per-user limit,
+//! region order then fullest host first, the region's CURRENT image and the
+//! client's commit, `FOR UPDATE … SKIP LOCKED` so concurrent assigns never
+//! take the same session, a fresh token (only its hash stored), and a guarded
+//! free-slot decrement. Idempotent per (user, client_session_id).
+
+use berth_common::auth::new_session_token;
+use berth_common::db::DbError;
+use berth_common::SessionStatus;
+use serde::{Deserialize, Serialize};
+use sqlx::{PgConnection, PgPool};
+use uuid::Uuid;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AssignRequest {
+    pub runtime: String,
+    pub regions: Vec<String>,
+    #[serde(default)]
+    pub client_commit: String,
+    #[serde(default)]
+    pub client_session_id: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct HostInfo {
+    pub id: String,
+    pub ip: Option<String>,
+    pub api_port: Option<i32>,
+    pub cert_sha256: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Assigned {
+    pub session_id: Uuid,
+    pub status: SessionStatus,
+    /// Present when issued by this call; a repeat of a running session's
+    /// assign cannot return it (only its hash is stored).
+    pub token: Option<String>,
+    pub host: HostInfo,
+    #[serde(skip)]
+    pub created: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AssignError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("runtime {0:?} does not exist; GET /runtimes lists them")]
+    UnknownRuntime(String),
+    #[error("region {0:?} is not enabled; GET /regions lists them")]
+    RegionNotEnabled(String),
+    #[error("you already have {0} sessions, your limit; end one first")]
+    UserLimit(i64),
+    #[error("no host runs a build matching client commit {0:?}; update the client")]
+    CommitMismatch(String),
+    #[error(
+        "no free session in the requested regions right now; more are starting, retry shortly"
+    )]
+    NoCapacity,
+    #[error("this client_session_id's session is ending; retry with a new one")]
+    Ending,
+    #[error(transparent)]
+    Db(#[from] DbError),
+}
+
+impl AssignRequest {
+    fn validate(&self) -> Result<(), AssignError> {
+        let bad = |m: &str| Err(AssignError::BadRequest(m.to_owned()));
+        if self.runtime.is_empty() || self.runtime.len() > 63 {
+            return bad("runtime must be 1 to 63 characters");
+        }
+        if self.regions.is_empty() || self.regions.len() > 16 {
+            return bad("regions must list 1 to 16 regions in order of preference");
+        }
+        if self.regions.iter().any(|r| r.is_empty() || r.len() > 63) {
+            return bad("each region must be 1 to 63 characters");
+        }
+        if self.client_commit.len() > 64 {
+            return bad("client_commit must be at most 64 characters");
+        }
+        if self
+            .client_session_id
+            .as_ref()
+            .is_some_and(|c| c.is_empty() || c.len() > 128)
+        {
+            return bad("client_session_id must be 1 to 128 characters");
+        }
+        Ok(())
+    }
+}
+
+fn q(doing: &'static str) -> impl FnOnce(sqlx::Error) -> AssignError {
+    move |e| AssignError::Db(DbError::Query { doing, source: e })
+}
+
+#[derive(sqlx::FromRow)]
+struct Existing {
+    id: Uuid,
+    status: SessionStatus,
+    host_id: String,
+    ip: Option<String>,
+    api_port: Option<i32>,
+    cert_sha256: Option<String>,
+}
+
+const HOST_COLUMNS: &str = "h.id AS host_id, host(h.public_ip) AS ip, h.api_port, h.cert_sha256";
+
+pub async fn assign(
+    db: &PgPool,
+    user: &str,
+    request: &AssignRequest,
+) -> Result<Assigned, AssignError> {
+    request.validate()?;
+    let mut tx = db.begin().await.map_err(q("starting an assign"))?;
+    // One assign per user at a time: the limit and idempotency checks below
+    // would race otherwise. Other users are not affected.
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended('berth.user.' || $1, 0))")
+        .bind(user)
+        .execute(&mut *tx)
+        .await
+        .map_err(q("serializing the user's assigns"))?;
+    if let Some(csid) = &request.client_session_id {
+        if let Some(again) = repeat(&mut tx, user, csid).await? {
+            tx.commit()
+                .await
+                .map_err(q("committing a repeated assign"))?;
+            return Ok(again);
+        }
+    }
+    check_regions_and_runtime(&mut tx, request).await?;
+    let (limit, used): (i32, i64) = sqlx::query_as(
+        "SELECT coalesce((SELECT max_sessions FROM limits WHERE user_id = $1), \
+                         (SELECT max_sessions FROM limits WHERE user_id = '*'), 3), \
+                (SELECT count(*) FROM sessions WHERE user_id = $1 AND status <> 'DYING')",
+    )
+    .bind(user)
+    .fetch_one(&mut *tx)
+    .await
+    .map_err(q("checking the user's limit"))?;
+    if used >= i64::from(limit) {
+        return Err(AssignError::UserLimit(used));
+    }
+    let picked = match pick(&mut tx, request, true).await? {
+        Some(p) => Some(p),
+        // Every candidate host was locked by a concurrent assign: wait for one
+        // rather than report no capacity.
+        None => pick(&mut tx, request, false).await?,
+    };
+    let Some((session_id, host_id)) = picked else {
+        return Err(no_capacity_reason(&mut tx, request).await?);
+    };
+    let token = new_session_token();
+    let took: Option<i32> = sqlx::query_scalar(
+        "UPDATE hosts SET free_slots = free_slots - 1 WHERE id = $1 AND free_slots > 0 AND status = 'ACTIVE' RETURNING free_slots",
+    )
+    .bind(&host_id)
+    .fetch_optional(&mut *tx)
+    .await
+    .map_err(q("taking a free slot"))?;
+    if took.is_none() {
+        return Err(AssignError::NoCapacity);
+    }
+    let host: HostInfo = sqlx::query_as::<_, (String, Option<String>, Option<i32>, Option<String>)>(
+        "UPDATE sessions s SET status = 'ALLOCATED', user_id = $2, client_session_id = $3, token_sha256 = $4, allocated_at = now() \
+         FROM hosts h WHERE s.id = $1 AND h.id = s.host_id \
+         RETURNING h.id, host(h.public_ip), h.api_port, h.cert_sha256",
+    )
+    .bind(session_id)
+    .bind(user)
+    .bind(&request.client_session_id)
+    .bind(&token.sha256_hex)
+    .fetch_one(&mut *tx)
+    .await
+    .map(|(id, ip, api_port, cert_sha256)| HostInfo { id, ip, api_port, cert_sha256 })
+    .map_err(q("allocating the session"))?;
+    tx.commit().await.map_err(q("committing the assign"))?;
+    Ok(Assigned {
+        session_id,
+        status: SessionStatus::Allocated,
+        token: Some(token.token),
+        host,
+        created: true,
+    })
+}
+
+/// The same user asking again with the same client_session_id gets the same
+/// session. Before the app runs, the token is re-issued (the client may have
+/// lost the first answer); hosts check the stored hash, so the old one stops working.
+async fn repeat(
+    tx: &mut PgConnection,
+    user: &str,
+    csid: &str,
+) -> Result<Option<Assigned>, AssignError> {
+    let existing: Option<Existing> = sqlx::query_as(&format!(
+        "SELECT s.id, s.status, {HOST_COLUMNS} FROM sessions s JOIN hosts h ON h.id = s.host_id \
+         WHERE s.user_id = $1 AND s.client_session_id = $2"
+    ))
+    .bind(user)
+    .bind(csid)
+    .fetch_optional(&mut *tx)
+    .await
+    .map_err(q("looking up a previous assign"))?;
+    let Some(e) = existing else { return Ok(None) };
+    let host = HostInfo {
+        id: e.host_id,
+        ip: e.ip,
+        api_port: e.api_port,
+        cert_sha256: e.cert_sha256,
+    };
+    let token = match e.status {
+        SessionStatus::Dying => return Err(AssignError::Ending),
+        SessionStatus::Allocated | SessionStatus::Connecting => {
+            let token = new_session_token();
+            sqlx::query("UPDATE sessions SET token_sha256 = $2 WHERE id = $1")
+                .bind(e.id)
+                .bind(&token.sha256_hex)
+                .execute(&mut *tx)
+                .await
+                .map_err(q("re-issuing a session token"))?;
+            Some(token.token)
+        }
+        SessionStatus::Running | SessionStatus::Waiting => None,
+    };
+    Ok(Some(Assigned {
+        session_id: e.id,
+        status: e.status,
+        token,
+        host,
+        created: false,
+    }))
+}
+
+async fn check_regions_and_runtime(
+    tx: &mut PgConnection,
+    request: &AssignRequest,
+) -> Result<(), AssignError> {
+    let enabled: Vec<String> =
+        sqlx::query_scalar("SELECT name FROM regions WHERE name = ANY($1) AND enabled")
+            .bind(&request.regions)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(q("reading regions"))?;
+    if let Some(missing) = request.regions.iter().find(|r| !enabled.contains(r)) {
+        return Err(AssignError::RegionNotEnabled(missing.clone()));
+    }
+    let runtime_exists: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM runtimes WHERE name = $1)")
+            .bind(&request.runtime)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(q("reading runtimes"))?;
+    if !runtime_exists {
+        return Err(AssignError::UnknownRuntime(request.runtime.clone()));
+    }
+    Ok(())
+}
+
+/// A warm session on an ACTIVE host running its region's CURRENT image (and
+/// the client's commit), by region preference, then fullest host first.
+/// `skip_locked_hosts` spreads concurrent assigns over hosts instead of
+/// queueing them all on the fullest one.
+async fn pick(
+    tx: &mut PgConnection,
+    request: &AssignRequest,
+    skip_locked_hosts: bool,
+) -> Result<Option<(Uuid, String)>, AssignError> {
+    let lock = if skip_locked_hosts {
+        "FOR UPDATE OF s, h SKIP LOCKED"
+    } else {
+        "FOR UPDATE OF s SKIP LOCKED"
+    };
+    let sql = format!(
+        "SELECT s.id, s.host_id FROM sessions s \
+         JOIN hosts h ON h.id = s.host_id \
+         JOIN images i ON i.region = h.region AND i.image_id = h.image_id AND i.status = 'CURRENT' \
+         WHERE s.status = 'WAITING' AND s.runtime = $1 AND h.status = 'ACTIVE' AND h.free_slots > 0 \
+           AND h.region = ANY($2) AND ($3 = '' OR h.client_sha = $3) \
+         ORDER BY array_position($2, h.region), h.free_slots, h.id, s.created_at \
+         LIMIT 1 {lock}"
+    );
+    sqlx::query_as(&sql)
+        .bind(&request.runtime)
+        .bind(&request.regions)
+        .bind(&request.client_commit)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(q("picking a warm session"))
+}
+
+/// Tells a client whose build no host runs apart from a plain lack of capacity.
+async fn no_capacity_reason(
+    tx: &mut PgConnection,
+    request: &AssignRequest,
+) -> Result<AssignError, AssignError> {
+    if request.client_commit.is_empty() {
+        return Ok(AssignError::NoCapacity);
+    }
+    let other_commit_has_room: bool = sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM sessions s JOIN hosts h ON h.id = s.host_id \
+         JOIN images i ON i.region = h.region AND i.image_id = h.image_id AND i.status = 'CURRENT' \
+         WHERE s.status = 'WAITING' AND s.runtime = $1 AND h.status = 'ACTIVE' AND h.free_slots > 0 AND h.region = ANY($2))",
+    )
+    .bind(&request.runtime)
+    .bind(&request.regions)
+    .fetch_one(&mut *tx)
+    .await
+    .map_err(q("checking commits"))?;
+    Ok(if other_commit_has_room {
+        AssignError::CommitMismatch(request.client_commit.clone())
+    } else {
+        AssignError::NoCapacity
+    })
+}

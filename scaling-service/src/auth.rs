@@ -1,0 +1,224 @@
+//! User authentication: a bearer JWT verified against a JWKS (RS256/ES256) or
+//! a shared HS256 secret; `sub` is the user. Expiry, issuer and audience are
+//! enforced; `alg: none` and algorithm confusion are refused by construction
+//! (each key source allows only its own algorithms).
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use jsonwebtoken::jwk::JwkSet;
+use jsonwebtoken::{decode, decode_header, Algorithm, DecodingKey, Validation};
+use serde::Deserialize;
+use tokio::sync::RwLock;
+
+use crate::config::Config;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    #[error("missing bearer token: send `Authorization: Bearer <user JWT>`")]
+    Missing,
+    #[error("invalid user token: {0}")]
+    Invalid(String),
+    #[error("the key set at {0} is unavailable; try again shortly")]
+    KeysUnavailable(String),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AuthConfigError {
+    #[error("no way to verify user tokens: set BERTH_AUTH_JWKS_URL (RS256/ES256) or BERTH_AUTH_HS256_SECRET")]
+    None,
+    #[error("set only one of BERTH_AUTH_JWKS_URL and BERTH_AUTH_HS256_SECRET")]
+    Both,
+    #[error("BERTH_AUTH_HS256_SECRET is too short ({0} bytes); use at least 32 random bytes")]
+    WeakSecret(usize),
+}
+
+#[derive(Debug, Deserialize)]
+struct Claims {
+    sub: String,
+}
+
+/// Refetch the key set at most this often when a token names an unknown key.
+const JWKS_REFRESH_MIN: Duration = Duration::from_secs(30);
+const JWKS_TTL: Duration = Duration::from_secs(600);
+
+enum Keys {
+    Hs256(DecodingKey),
+    Jwks {
+        url: String,
+        http: reqwest::Client,
+        cache: RwLock<JwksCache>,
+    },
+}
+
+#[derive(Default)]
+struct JwksCache {
+    keys: HashMap<String, (DecodingKey, Algorithm)>,
+    fetched: Option<Instant>,
+}
+
+pub struct Authenticator {
+    keys: Keys,
+    issuer: Option<String>,
+    audience: Option<String>,
+}
+
+// Keys are secrets (HS256) or noise: Debug shows only the source.
+impl std::fmt::Debug for Authenticator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let source = match &self.keys {
+            Keys::Hs256(_) => "hs256-secret".to_owned(),
+            Keys::Jwks { url, .. } => format!("jwks {url}"),
+        };
+        f.debug_struct("Authenticator")
+            .field("keys", &source)
+            .field("issuer", &self.issuer)
+            .field("audience", &self.audience)
+            .finish()
+    }
+}
+
+impl Authenticator {
+    pub fn from_config(config: &Config) -> Result<Self, AuthConfigError> {
+        let keys = match (&config.auth_jwks_url, &config.auth_hs256_secret) {
+            (None, None) => return Err(AuthConfigError::None),
+            (Some(_), Some(_)) => return Err(AuthConfigError::Both),
+            (None, Some(secret)) if secret.len() < 32 => {
+                return Err(AuthConfigError::WeakSecret(secret.len()))
+            }
+            (None, Some(secret)) => Keys::Hs256(DecodingKey::from_secret(secret.as_bytes())),
+            (Some(url), None) => Keys::Jwks {
+                url: url.clone(),
+                http: reqwest::Client::builder()
+                    .timeout(Duration::from_secs(5))
+                    .build()
+                    .unwrap_or_default(),
+                cache: RwLock::new(JwksCache::default()),
+            },
+        };
+        Ok(Self {
+            keys,
+            issuer: config.auth_issuer.clone(),
+            audience: config.auth_audience.clone(),
+        })
+    }
+
+    fn validation(&self, alg: Algorithm) -> Validation {
+        let mut v = Validation::new(alg);
+        v.leeway = 30;
+        v.set_required_spec_claims(&["exp", "sub"]);
+        match &self.issuer {
+            Some(iss) => v.set_issuer(&[iss]),
+            None => v.iss = None,
+        }
+        match &self.audience {
+            Some(aud) => v.set_audience(&[aud]),
+            None => v.validate_aud = false,
+        }
+        v
+    }
+
+    /// The user id (`sub`) of a valid token.
+    pub async fn user(&self, token: &str) -> Result<String, AuthError> {
+        let header = decode_header(token).map_err(|e| AuthError::Invalid(e.to_string()))?;
+        let (key, alg) = match &self.keys {
+            Keys::Hs256(key) => {
+                if header.alg != Algorithm::HS256 {
+                    return Err(AuthError::Invalid(format!(
+                        "algorithm {:?} is not accepted; use HS256",
+                        header.alg
+                    )));
+                }
+                (key.clone(), Algorithm::HS256)
+            }
+            Keys::Jwks { .. } => {
+                if !matches!(header.alg, Algorithm::RS256 | Algorithm::ES256) {
+                    return Err(AuthError::Invalid(format!(
+                        "algorithm {:?} is not accepted; use RS256 or ES256",
+                        header.alg
+                    )));
+                }
+                let kid = header
+                    .kid
+                    .ok_or_else(|| AuthError::Invalid("the token names no key (kid)".into()))?;
+                let (key, alg) = self.jwk(&kid).await?;
+                if alg != header.alg {
+                    return Err(AuthError::Invalid(
+                        "the token's algorithm does not match its key".into(),
+                    ));
+                }
+                (key, alg)
+            }
+        };
+        let data = decode::<Claims>(token, &key, &self.validation(alg))
+            .map_err(|e| AuthError::Invalid(e.to_string()))?;
+        if data.claims.sub.is_empty() || data.claims.sub.len() > 256 {
+            return Err(AuthError::Invalid("sub must be 1 to 256 characters".into()));
+        }
+        Ok(data.claims.sub)
+    }
+
+    async fn jwk(&self, kid: &str) -> Result<(DecodingKey, Algorithm), AuthError> {
+        let Keys::Jwks { url, http, cache } = &self.keys else {
+            return Err(AuthError::Invalid("no key set configured".into()));
+        };
+        {
+            let cache = cache.read().await;
+            let fresh = cache.fetched.is_some_and(|t| t.elapsed() < JWKS_TTL);
+            if let (Some(found), true) = (cache.keys.get(kid), fresh) {
+                return Ok(found.clone());
+            }
+        }
+        let mut cache = cache.write().await;
+        let may_refetch = cache
+            .fetched
+            .is_none_or(|t| t.elapsed() >= JWKS_REFRESH_MIN);
+        if may_refetch {
+            match fetch_jwks(http, url).await {
+                Ok(keys) => {
+                    cache.keys = keys;
+                    cache.fetched = Some(Instant::now());
+                }
+                Err(e) if cache.keys.is_empty() => return Err(e),
+                Err(e) => {
+                    tracing::warn!(error = %e, "refreshing the JWKS failed; using cached keys")
+                }
+            }
+        }
+        cache
+            .keys
+            .get(kid)
+            .cloned()
+            .ok_or_else(|| AuthError::Invalid(format!("unknown signing key {kid:?}")))
+    }
+}
+
+async fn fetch_jwks(
+    http: &reqwest::Client,
+    url: &str,
+) -> Result<HashMap<String, (DecodingKey, Algorithm)>, AuthError> {
+    let unavailable = |_| AuthError::KeysUnavailable(url.to_owned());
+    let set: JwkSet = http
+        .get(url)
+        .send()
+        .await
+        .map_err(unavailable)?
+        .error_for_status()
+        .map_err(unavailable)?
+        .json()
+        .await
+        .map_err(unavailable)?;
+    let mut keys = HashMap::new();
+    for jwk in &set.keys {
+        let (Some(kid), Ok(key)) = (jwk.common.key_id.clone(), DecodingKey::from_jwk(jwk)) else {
+            continue;
+        };
+        let alg = match &jwk.algorithm {
+            jsonwebtoken::jwk::AlgorithmParameters::RSA(_) => Algorithm::RS256,
+            jsonwebtoken::jwk::AlgorithmParameters::EllipticCurve(_) => Algorithm::ES256,
+            _ => continue,
+        };
+        keys.insert(kid, (key, alg));
+    }
+    Ok(keys)
+}

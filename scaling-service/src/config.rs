@@ -1,0 +1,153 @@
+//! The scaler's settings: every one a `--flag` with an environment variable
+//! (configuration contract in DESIGN.md), so a Procfile, the systemd unit and
+//! the tests drive it the same way.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use berth_common::config::CommonArgs;
+use clap::{Parser, Subcommand, ValueEnum};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "scaling-service",
+    version,
+    about = "Berth's scheduler: keeps warm buffers of free session slots per region, launches and terminates hosts, assigns users to sessions.",
+    long_about = "Berth's scheduler. One or more replicas per environment; each region's controller runs on \
+whichever replica holds that region's advisory lock, and every replica serves the assign API. It keeps \
+target_free_slots warm per region (never more than max_hosts instances), assigns users to warm sessions \
+(POST /sessions), rolls out images, and reaps dead, idle and orphaned hosts."
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub config: Config,
+
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the scheduler and its API (the default).
+    Run,
+    /// Start rolling a region onto a new image.
+    DeployStart {
+        #[arg(long)]
+        region: String,
+        #[arg(long)]
+        image_id: String,
+        #[arg(long)]
+        client_sha: String,
+    },
+    /// Give the release signal: the region's prepared deploy swaps to CURRENT.
+    DeployRelease {
+        #[arg(long)]
+        region: String,
+    },
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct Config {
+    #[command(flatten)]
+    pub common: CommonArgs,
+
+    /// HTTP listen port (platform convention; TLS is the platform's job).
+    #[arg(long, env = "PORT", default_value_t = 8080)]
+    pub port: u16,
+
+    /// HTTP listen address.
+    #[arg(long, env = "BERTH_LISTEN_IP", default_value = "0.0.0.0")]
+    pub listen_ip: IpAddr,
+
+    /// Where hosts come from: `aws` (EC2) or `local` (host-service processes on this machine).
+    #[arg(long, env = "BERTH_PROVIDER", value_enum, default_value_t = ProviderKind::Aws)]
+    pub provider: ProviderKind,
+
+    /// EC2 API endpoint override, e.g. an emulator at http://127.0.0.1:5055.
+    #[arg(long, env = "BERTH_EC2_ENDPOINT")]
+    pub ec2_endpoint: Option<String>,
+
+    /// JWKS URL that user tokens (RS256/ES256) are verified against.
+    #[arg(long, env = "BERTH_AUTH_JWKS_URL")]
+    pub auth_jwks_url: Option<String>,
+
+    /// Shared HS256 secret for user tokens (development).
+    #[arg(long, env = "BERTH_AUTH_HS256_SECRET", hide_env_values = true)]
+    pub auth_hs256_secret: Option<String>,
+
+    /// Required `iss` of user tokens.
+    #[arg(long, env = "BERTH_AUTH_ISSUER")]
+    pub auth_issuer: Option<String>,
+
+    /// Required `aud` of user tokens.
+    #[arg(long, env = "BERTH_AUTH_AUDIENCE")]
+    pub auth_audience: Option<String>,
+
+    /// Region controller period in seconds (hints wake it sooner).
+    #[arg(long, env = "BERTH_TICK_SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub tick_secs: u64,
+
+    /// Hosts' heartbeat period; a host silent for 3 periods is drained and terminated.
+    #[arg(long, env = "BERTH_HEARTBEAT_SECS", default_value_t = 30)]
+    pub heartbeat_secs: u64,
+
+    /// Seconds a launched host may take to register before it is terminated.
+    #[arg(long, env = "BERTH_REGISTRATION_TIMEOUT_SECS", default_value_t = 600)]
+    pub registration_timeout_secs: u64,
+
+    /// Seconds a DRAINING host may take to finish before it is terminated anyway.
+    #[arg(long, env = "BERTH_DRAIN_TIMEOUT_SECS", default_value_t = 3900)]
+    pub drain_timeout_secs: u64,
+
+    /// Milliseconds an assign may take before it answers with an error.
+    #[arg(long, env = "BERTH_ASSIGN_DEADLINE_MS", default_value_t = 5000)]
+    pub assign_deadline_ms: u64,
+
+    /// Seconds a deploy may take to prepare its buffer before it FAILS.
+    #[arg(long, env = "BERTH_DEPLOY_TIMEOUT_SECS", default_value_t = 1800)]
+    pub deploy_timeout_secs: u64,
+
+    /// EC2 user data for new hosts (a file; `{region}` and `{env}` are substituted).
+    #[arg(long, env = "BERTH_USER_DATA_FILE")]
+    pub user_data_file: Option<PathBuf>,
+
+    /// Largest accepted request body in bytes.
+    #[arg(long, env = "BERTH_MAX_BODY_BYTES", default_value_t = 64 * 1024)]
+    pub max_body_bytes: usize,
+
+    /// Local provider: the host-service binary to start per "instance".
+    #[arg(long, env = "BERTH_LOCAL_HOST_BINARY", default_value = "host-service")]
+    pub local_host_binary: PathBuf,
+
+    /// Local provider: directory for the local hosts' state, logs and pids.
+    #[arg(long, env = "BERTH_LOCAL_DIR", default_value = "/var/tmp/berth-local")]
+    pub local_dir: PathBuf,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ProviderKind {
+    Aws,
+    Local,
+}
+
+impl Config {
+    pub fn tick(&self) -> Duration {
+        Duration::from_secs(self.tick_secs)
+    }
+    pub fn heartbeat_grace(&self) -> Duration {
+        Duration::from_secs(self.heartbeat_secs * 3)
+    }
+    pub fn registration_timeout(&self) -> Duration {
+        Duration::from_secs(self.registration_timeout_secs)
+    }
+    pub fn drain_timeout(&self) -> Duration {
+        Duration::from_secs(self.drain_timeout_secs)
+    }
+    pub fn assign_deadline(&self) -> Duration {
+        Duration::from_millis(self.assign_deadline_ms)
+    }
+    pub fn deploy_timeout(&self) -> Duration {
+        Duration::from_secs(self.deploy_timeout_secs)
+    }
+}

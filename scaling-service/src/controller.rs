@@ -1,0 +1,214 @@
+//! Region controllers: one serialized task per enabled region, woken by
+//! NOTIFY hints, a periodic tick and API events. A controller acts only while
+//! it holds its region's advisory lock on a dedicated connection, so several
+//! replicas can run and exactly one decides per region. Each pass reads the
+//! truth and decides once.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use berth_common::db::{DbError, Hint, HintListener};
+use sqlx::pool::PoolConnection;
+use sqlx::Postgres;
+use tokio::sync::mpsc;
+
+use crate::policy::Action;
+use crate::scaler::Scaler;
+use crate::state::{self, StateError};
+use crate::{deploy, launch, sweeps};
+
+/// Watches `regions` and keeps one controller per enabled region; routes hints.
+pub async fn supervise(scaler: Arc<Scaler>) {
+    let mut listener = loop {
+        match HintListener::connect(&scaler.db, &["scaling", "config"]).await {
+            Ok(l) => break l,
+            Err(error) => {
+                tracing::warn!(%error, "cannot LISTEN yet; retrying");
+                tokio::select! {
+                    _ = scaler.stop.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+            }
+        }
+    };
+    loop {
+        let hint = tokio::select! {
+            _ = scaler.stop.cancelled() => return,
+            hint = listener.recv() => hint,
+        };
+        match hint {
+            Hint::Resync => {
+                sync_controllers(&scaler).await;
+                scaler.wake_all();
+            }
+            Hint::Notification { channel, .. } if channel == "config" => {
+                sync_controllers(&scaler).await;
+                scaler.wake_all();
+            }
+            Hint::Notification { payload, .. } => {
+                let region = serde_json::from_str::<serde_json::Value>(&payload)
+                    .ok()
+                    .and_then(|v| v.get("region").and_then(|r| r.as_str()).map(str::to_owned));
+                match region {
+                    Some(region) => scaler.wake(&region),
+                    None => scaler.wake_all(),
+                }
+            }
+        }
+    }
+}
+
+async fn sync_controllers(scaler: &Arc<Scaler>) {
+    let enabled: Vec<String> =
+        match sqlx::query_scalar("SELECT name FROM regions WHERE enabled ORDER BY name")
+            .fetch_all(&scaler.db)
+            .await
+        {
+            Ok(names) => names,
+            Err(error) => return tracing::warn!(%error, "reading regions failed"),
+        };
+    for region in scaler.controller_regions() {
+        if !enabled.contains(&region) {
+            tracing::info!(
+                region,
+                "region disabled or removed; stopping its controller"
+            );
+            scaler.remove_controller(&region);
+        }
+    }
+    for region in enabled {
+        if let Some(wake) = scaler.add_controller(&region) {
+            tracing::info!(region, "starting the region's controller");
+            let scaler2 = scaler.clone();
+            scaler.tasks.spawn(run_region(scaler2, region, wake));
+        }
+    }
+}
+
+/// The advisory lock key of a region (stable across replicas and versions).
+fn lock_key(region: &str) -> i64 {
+    // FNV-1a: deterministic, unlike the std hasher.
+    let mut hash: u64 = 0xcbf29ce484222325;
+    for byte in b"berth.region.".iter().chain(region.as_bytes()) {
+        hash ^= u64::from(*byte);
+        hash = hash.wrapping_mul(0x100000001b3);
+    }
+    hash as i64
+}
+
+async fn try_lock(scaler: &Scaler, region: &str) -> Option<PoolConnection<Postgres>> {
+    let mut conn = scaler.db.acquire().await.ok()?;
+    let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+        .bind(lock_key(region))
+        .fetch_one(&mut *conn)
+        .await
+        .ok()?;
+    got.then_some(conn)
+}
+
+async fn still_locked(conn: &mut PoolConnection<Postgres>) -> bool {
+    sqlx::query("SELECT 1").execute(&mut **conn).await.is_ok()
+}
+
+pub async fn run_region(scaler: Arc<Scaler>, region: String, mut wake: mpsc::Receiver<()>) {
+    let mut lock: Option<PoolConnection<Postgres>> = None;
+    loop {
+        if let Some(conn) = lock.as_mut() {
+            if !still_locked(conn).await {
+                tracing::warn!(region, "lost the region's lock connection");
+                lock = None;
+            }
+        }
+        if lock.is_none() {
+            lock = try_lock(&scaler, &region).await;
+            if lock.is_some() {
+                tracing::info!(region, "this replica now controls the region");
+            }
+        }
+        if lock.is_some() {
+            if let Err(error) = pass(&scaler, &region).await {
+                tracing::error!(region, %error, "controller pass failed; retrying next tick");
+            }
+            scaler.metrics.passes.inc();
+        }
+        tokio::select! {
+            _ = scaler.stop.cancelled() => break,
+            woken = wake.recv() => if woken.is_none() { break },
+            _ = tokio::time::sleep(scaler.config.tick()) => {}
+        }
+    }
+    if let Some(mut conn) = lock {
+        let _ = sqlx::query("SELECT pg_advisory_unlock($1)")
+            .bind(lock_key(&region))
+            .execute(&mut *conn)
+            .await;
+    }
+}
+
+/// One decision round for a region.
+pub async fn pass(scaler: &Scaler, region_name: &str) -> Result<(), StateError> {
+    let Some(region) = state::region(&scaler.db, region_name).await? else {
+        return Ok(());
+    };
+    if !region.enabled {
+        return Ok(());
+    }
+    let env = &scaler.config.common.environment;
+    match scaler.provider.describe(region_name, env).await {
+        Ok(cloud) => {
+            launch::resolve_pending(scaler, region_name, &cloud).await?;
+            sweeps::orphans(scaler, region_name, &cloud).await?;
+        }
+        Err(error) => {
+            tracing::warn!(region = region_name, %error, "listing instances failed; sweeps wait for the next pass")
+        }
+    }
+    sweeps::liveness(scaler, region_name).await?;
+    sweeps::terminate_and_verify(scaler, region_name).await?;
+
+    let view = state::view(&scaler.db, &region, vec![]).await?;
+    let protected = deploy::step(scaler, &region, &view).await?;
+    let view = state::view(&scaler.db, &region, protected).await?;
+    let current_sha = state::current_image(&scaler.db, region_name)
+        .await?
+        .map(|(_, sha)| sha)
+        .unwrap_or_default();
+    for action in scaler.policy.decide(&view) {
+        match action {
+            Action::Launch { image_id, count } => {
+                launch::launch(scaler, &region, &image_id, &current_sha, count).await?
+            }
+            Action::Drain { host_id, reason } => {
+                drain_if_still_empty(scaler, &host_id, &reason).await?
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Drains only if still ACTIVE and empty: an assign that took a slot since
+/// the view was read wins, and the host stays.
+async fn drain_if_still_empty(scaler: &Scaler, host_id: &str, reason: &str) -> Result<(), DbError> {
+    let moved = sqlx::query(
+        "UPDATE hosts SET status = 'DRAINING', status_reason = $2, draining_since = now() \
+         WHERE id = $1 AND status = 'ACTIVE' AND free_slots = capacity",
+    )
+    .bind(host_id)
+    .bind(reason)
+    .execute(&scaler.db)
+    .await
+    .map_err(DbError::query("draining a host"))?;
+    if moved.rows_affected() == 1 {
+        tracing::info!(host = host_id, reason, "draining host");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn lock_keys_are_stable_and_distinct() {
+        assert_eq!(super::lock_key("us-east-1"), super::lock_key("us-east-1"));
+        assert_ne!(super::lock_key("us-east-1"), super::lock_key("us-east-2"));
+    }
+}

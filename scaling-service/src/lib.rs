@@ -1,0 +1,47 @@
+//! Berth's scheduler as a library, so tests drive the real thing in-process.
+
+#![warn(missing_debug_implementations, rust_2018_idioms)]
+
+pub mod api;
+pub mod assign;
+pub mod auth;
+pub mod config;
+pub mod controller;
+pub mod deploy;
+pub mod launch;
+pub mod metrics;
+pub mod policy;
+pub mod provider;
+pub mod scaler;
+pub mod service;
+pub mod state;
+pub mod sweeps;
+
+use berth_common::config::exit;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Db(#[from] berth_common::db::DbError),
+    #[error(transparent)]
+    AuthConfig(#[from] auth::AuthConfigError),
+    #[error(transparent)]
+    Deploy(#[from] deploy::DeployError),
+    #[error("the local provider is not available in this build yet; use BERTH_PROVIDER=aws")]
+    LocalProvider,
+    #[error("binding the API on {addr}: {source}; is PORT in use?")]
+    Bind {
+        addr: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl Error {
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Error::AuthConfig(_) | Error::Bind { .. } | Error::LocalProvider => exit::CONFIG,
+            _ => exit::RUNTIME,
+        }
+    }
+}

@@ -1,0 +1,70 @@
+//! Prometheus metrics served at `/metrics`.
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    pub assigns: Counter,
+    pub assign_failures: Counter,
+    pub assign_seconds: Histogram,
+    pub launches: Counter,
+    pub launch_failures: Counter,
+    pub terminations: Counter,
+    pub passes: Counter,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("berth_scaler");
+        let m = Self {
+            assigns: Counter::default(),
+            assign_failures: Counter::default(),
+            assign_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
+            launches: Counter::default(),
+            launch_failures: Counter::default(),
+            terminations: Counter::default(),
+            passes: Counter::default(),
+            registry: Registry::default(),
+        };
+        registry.register("assigns", "Sessions assigned", m.assigns.clone());
+        registry.register(
+            "assign_failures",
+            "Assigns answered with an error",
+            m.assign_failures.clone(),
+        );
+        registry.register("assign_seconds", "Assign latency", m.assign_seconds.clone());
+        registry.register("launches", "Instances launched", m.launches.clone());
+        registry.register(
+            "launch_failures",
+            "Launches that failed",
+            m.launch_failures.clone(),
+        );
+        registry.register(
+            "terminations",
+            "Instances terminated",
+            m.terminations.clone(),
+        );
+        registry.register(
+            "controller_passes",
+            "Region controller passes",
+            m.passes.clone(),
+        );
+        Self { registry, ..m }
+    }
+
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let _ = encode(&mut out, &self.registry);
+        out
+    }
+}

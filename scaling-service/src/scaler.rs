@@ -1,0 +1,102 @@
+//! The scaler's shared state, passed to every task as `Arc<Scaler>`.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use sqlx::PgPool;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use uuid::Uuid;
+
+use crate::auth::Authenticator;
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::policy::Policy;
+use crate::provider::Provider;
+
+#[derive(Debug)]
+pub struct Scaler {
+    pub config: Config,
+    pub db: PgPool,
+    pub provider: Arc<dyn Provider>,
+    pub policy: Arc<dyn Policy>,
+    pub auth: Authenticator,
+    pub metrics: Metrics,
+    pub stop: CancellationToken,
+    pub tasks: TaskTracker,
+    /// Wakes each region's controller (bounded: one pending wake is enough).
+    controllers: Mutex<HashMap<String, mpsc::Sender<()>>>,
+    /// Launches this process is making right now; others PENDING are a crash's leftovers.
+    launching: Mutex<HashSet<Uuid>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Scaler {
+    pub fn new(
+        config: Config,
+        db: PgPool,
+        provider: Arc<dyn Provider>,
+        policy: Arc<dyn Policy>,
+        auth: Authenticator,
+    ) -> Self {
+        Self {
+            config,
+            db,
+            provider,
+            policy,
+            auth,
+            metrics: Metrics::new(),
+            stop: CancellationToken::new(),
+            tasks: TaskTracker::new(),
+            controllers: Mutex::new(HashMap::new()),
+            launching: Mutex::new(HashSet::new()),
+        }
+    }
+
+    pub fn wake(&self, region: &str) {
+        if let Some(tx) = lock(&self.controllers).get(region) {
+            let _ = tx.try_send(());
+        }
+    }
+
+    pub fn wake_all(&self) {
+        for tx in lock(&self.controllers).values() {
+            let _ = tx.try_send(());
+        }
+    }
+
+    pub fn controller_regions(&self) -> Vec<String> {
+        lock(&self.controllers).keys().cloned().collect()
+    }
+
+    pub fn add_controller(&self, region: &str) -> Option<mpsc::Receiver<()>> {
+        let mut controllers = lock(&self.controllers);
+        if controllers.contains_key(region) {
+            return None;
+        }
+        let (tx, rx) = mpsc::channel(1);
+        controllers.insert(region.to_owned(), tx);
+        Some(rx)
+    }
+
+    /// Dropping the sender ends the region's controller.
+    pub fn remove_controller(&self, region: &str) {
+        lock(&self.controllers).remove(region);
+    }
+
+    pub fn begin_launch(&self, id: Uuid) {
+        lock(&self.launching).insert(id);
+    }
+
+    pub fn end_launch(&self, id: Uuid) {
+        lock(&self.launching).remove(&id);
+    }
+
+    pub fn is_launching(&self, id: Uuid) -> bool {
+        lock(&self.launching).contains(&id)
+    }
+}

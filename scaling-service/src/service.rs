@@ -1,0 +1,82 @@
+//! Start and stop: connect, migrate, pick the provider, serve the API and run
+//! the region controllers until told to stop.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use berth_common::db;
+use tokio::net::TcpListener;
+
+use crate::auth::Authenticator;
+use crate::config::{Config, ProviderKind};
+use crate::policy::BufferPolicy;
+use crate::provider::aws::AwsProvider;
+use crate::provider::Provider;
+use crate::scaler::Scaler;
+use crate::{api, controller, Error};
+
+#[derive(Debug)]
+pub struct Service {
+    pub scaler: Arc<Scaler>,
+    pub addr: SocketAddr,
+}
+
+pub async fn start(config: Config) -> Result<Service, Error> {
+    let provider: Arc<dyn Provider> = match config.provider {
+        ProviderKind::Aws => Arc::new(AwsProvider::new(config.ec2_endpoint.clone()).await),
+        ProviderKind::Local => return Err(Error::LocalProvider),
+    };
+    start_with_provider(config, provider).await
+}
+
+/// Starts with a given provider (tests put a fault-injecting one in front).
+pub async fn start_with_provider(
+    config: Config,
+    provider: Arc<dyn Provider>,
+) -> Result<Service, Error> {
+    let auth = Authenticator::from_config(&config)?;
+    let pool = db::connect(&config.common.database_url, "scaling-service", 32).await?;
+    if config.common.migrate {
+        db::migrate(&pool).await?;
+    }
+    let addr = SocketAddr::new(config.listen_ip, config.port);
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|source| Error::Bind { addr, source })?;
+    let addr = listener
+        .local_addr()
+        .map_err(|source| Error::Bind { addr, source })?;
+    let scaler = Arc::new(Scaler::new(
+        config,
+        pool,
+        provider,
+        Arc::new(BufferPolicy),
+        auth,
+    ));
+    scaler.tasks.spawn(api::serve(scaler.clone(), listener));
+    scaler.tasks.spawn(controller::supervise(scaler.clone()));
+    tracing::info!(%addr, "scaling-service serving");
+    Ok(Service { scaler, addr })
+}
+
+impl Service {
+    pub async fn run_until(self, shutdown: impl std::future::Future<Output = ()>) {
+        tokio::select! {
+            _ = shutdown => {}
+            _ = self.scaler.stop.cancelled() => {}
+        }
+        self.stop().await
+    }
+
+    pub async fn stop(self) {
+        self.scaler.stop.cancel();
+        self.scaler.tasks.close();
+        if tokio::time::timeout(Duration::from_secs(30), self.scaler.tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("some tasks did not finish within the stop grace");
+        }
+    }
+}

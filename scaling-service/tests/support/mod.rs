@@ -1,0 +1,248 @@
+//! Harness for the scaler's tests: a fresh database per test, the moto EC2
+//! emulator (BERTH_EC2_ENDPOINT) reached through aws-sdk-ec2, and a
+//! fault-injecting provider in front of it. Each test uses its own
+//! environment name, so its instances are its own in the shared emulator.
+
+#![allow(dead_code)]
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+pub use berth_common::testing::TestDb;
+use clap::Parser;
+use futures_util::future::BoxFuture;
+use scaling_service::config::Cli;
+use scaling_service::policy::BufferPolicy;
+use scaling_service::provider::aws::AwsProvider;
+use scaling_service::provider::{
+    CloudInstance, LaunchRequest, LaunchedInstance, Provider, ProviderError,
+};
+use scaling_service::scaler::Scaler;
+use uuid::Uuid;
+
+pub const REGION: &str = "us-east-1";
+pub const SECRET: &str = "test-secret-that-is-at-least-32-bytes-long";
+pub const AUDIENCE: &str = "berth-tests";
+pub const ISSUER: &str = "https://auth.berth.test/";
+
+pub fn moto_endpoint() -> String {
+    std::env::var("BERTH_EC2_ENDPOINT").unwrap_or_else(|_| "http://127.0.0.1:5055".to_owned())
+}
+
+pub fn env_name() -> String {
+    format!("t{}", &Uuid::new_v4().simple().to_string()[..12])
+}
+
+pub fn args(db: &TestDb, env: &str, extra: &[&str]) -> Vec<String> {
+    // moto accepts any credentials; the SDK needs some.
+    for (k, v) in [
+        ("AWS_ACCESS_KEY_ID", "testing"),
+        ("AWS_SECRET_ACCESS_KEY", "testing"),
+        ("AWS_REGION", REGION),
+    ] {
+        if std::env::var(k).is_err() {
+            std::env::set_var(k, v);
+        }
+    }
+    let mut argv: Vec<String> = [
+        "scaling-service",
+        "--database-url",
+        &db.url,
+        "--env",
+        env,
+        "--port",
+        "0",
+        "--listen-ip",
+        "127.0.0.1",
+        "--ec2-endpoint",
+        &moto_endpoint(),
+        "--auth-hs256-secret",
+        SECRET,
+        "--auth-audience",
+        AUDIENCE,
+        "--auth-issuer",
+        ISSUER,
+        "--tick-secs",
+        "1",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    argv.extend(extra.iter().map(|s| s.to_string()));
+    argv
+}
+
+pub fn config(db: &TestDb, env: &str, extra: &[&str]) -> scaling_service::config::Config {
+    Cli::try_parse_from(args(db, env, extra))
+        .expect("valid scaling-service arguments")
+        .config
+}
+
+pub async fn aws() -> Arc<AwsProvider> {
+    Arc::new(AwsProvider::new(Some(moto_endpoint())).await)
+}
+
+/// A scaler without background tasks: tests drive controller passes themselves.
+pub async fn scaler(
+    db: &TestDb,
+    env: &str,
+    provider: Arc<dyn Provider>,
+    extra: &[&str],
+) -> Arc<Scaler> {
+    let config = config(db, env, extra);
+    let auth = scaling_service::auth::Authenticator::from_config(&config).unwrap();
+    Arc::new(Scaler::new(
+        config,
+        db.pool.clone(),
+        provider,
+        Arc::new(BufferPolicy),
+        auth,
+    ))
+}
+
+/// A region with one instance type of `capacity` slots and a CURRENT image.
+pub async fn region(db: &TestDb, target: i32, max_hosts: i32, capacity: i32) {
+    sqlx::query("INSERT INTO instance_types (name, vcpus, memory_mib, capacity) VALUES ('t3.large', 2, 8192, $1), ('t3.xlarge', 4, 16384, $1)")
+        .bind(capacity)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    sqlx::query(
+        "INSERT INTO regions (name, target_free_slots, max_hosts, instance_types, scale_down_grace_s) \
+         VALUES ($1, $2, $3, ARRAY['t3.large', 't3.xlarge'], 0)",
+    )
+    .bind(REGION)
+    .bind(target)
+    .bind(max_hosts)
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    sqlx::query("INSERT INTO images (region, image_id, client_sha, status) VALUES ($1, 'ami-11111111', 'sha-1', 'CURRENT')")
+        .bind(REGION)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    sqlx::query("INSERT INTO runtimes (name, image) VALUES ('desktop', 'berth-test-app:1')")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+}
+
+/// What host-service does at boot, for every PRE_CONNECTION host: register
+/// ACTIVE and warm one session per slot.
+pub async fn register_hosts(db: &TestDb) -> usize {
+    let ids: Vec<String> = sqlx::query_scalar(
+        "UPDATE hosts SET status = 'ACTIVE', registered_at = now(), last_heartbeat_at = now(), public_ip = '127.0.0.1', \
+                api_port = 4678, cert_sha256 = repeat('a', 64) WHERE status = 'PRE_CONNECTION' RETURNING id",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    for id in &ids {
+        sqlx::query(
+            "INSERT INTO sessions (id, host_id, runtime) SELECT gen_random_uuid(), id, 'desktop' FROM hosts, generate_series(1, capacity) WHERE id = $1",
+        )
+        .bind(id)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    }
+    ids.len()
+}
+
+pub async fn host_statuses(db: &TestDb) -> Vec<(String, String)> {
+    sqlx::query_as("SELECT id, status::text FROM hosts ORDER BY id")
+        .fetch_all(&db.pool)
+        .await
+        .unwrap()
+}
+
+/// Instances of `env` in the emulator that are not terminated.
+pub async fn live_cloud(provider: &dyn Provider, env: &str) -> Vec<CloudInstance> {
+    provider
+        .describe(REGION, env)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|i| !i.state.is_gone())
+        .collect()
+}
+
+pub async fn eventually<F, Fut>(what: &str, timeout: Duration, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let started = Instant::now();
+    while !condition().await {
+        assert!(
+            started.elapsed() < timeout,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A user JWT signed with the test secret.
+pub fn jwt(sub: &str, audience: &str, expires_in_s: i64) -> String {
+    let claims = serde_json::json!({
+        "sub": sub, "aud": audience, "iss": ISSUER,
+        "exp": chrono::Utc::now().timestamp() + expires_in_s,
+    });
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .unwrap()
+}
+
+/// Faults in front of a real provider. Each launch call, by its number:
+/// every `lose_every`th really launches and then reports a lost answer (the
+/// worst case: instances exist, the caller does not know); every
+/// `throttle_every`th is refused without reaching the cloud.
+#[derive(Debug)]
+pub struct FaultyProvider {
+    pub inner: Arc<dyn Provider>,
+    pub lose_every: usize,
+    pub throttle_every: usize,
+    pub calls: AtomicUsize,
+}
+
+impl Provider for FaultyProvider {
+    fn launch<'a>(
+        &'a self,
+        request: &'a LaunchRequest,
+    ) -> BoxFuture<'a, Result<Vec<LaunchedInstance>, ProviderError>> {
+        Box::pin(async move {
+            let n = self.calls.fetch_add(1, Ordering::SeqCst) + 1;
+            if self.throttle_every > 0 && n % self.throttle_every == 0 {
+                return Err(ProviderError::Throttled(
+                    "injected: RequestLimitExceeded".into(),
+                ));
+            }
+            let result = self.inner.launch(request).await;
+            if self.lose_every > 0 && n % self.lose_every == 0 {
+                return Err(ProviderError::Unavailable(
+                    "injected: the response was lost".into(),
+                ));
+            }
+            result
+        })
+    }
+    fn terminate<'a>(
+        &'a self,
+        region: &'a str,
+        ids: &'a [String],
+    ) -> BoxFuture<'a, Result<(), ProviderError>> {
+        self.inner.terminate(region, ids)
+    }
+    fn describe<'a>(
+        &'a self,
+        region: &'a str,
+        env: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<CloudInstance>, ProviderError>> {
+        self.inner.describe(region, env)
+    }
+}
