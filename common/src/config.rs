@@ -5,6 +5,7 @@
 use std::ops::RangeInclusive;
 use std::str::FromStr;
 
+use clap::builder::BoolishValueParser;
 use clap::{ArgAction, Args, ValueEnum};
 
 #[derive(Clone, Debug, Args)]
@@ -14,7 +15,8 @@ pub struct CommonArgs {
     pub database_url: String,
 
     /// Apply pending schema migrations at start (`--migrate=false` to skip).
-    #[arg(long, env = "BERTH_MIGRATE", default_value_t = true, action = ArgAction::Set)]
+    #[arg(long, env = "BERTH_MIGRATE", default_value_t = true, action = ArgAction::Set, require_equals = true,
+          num_args = 0..=1, default_missing_value = "true", value_parser = BoolishValueParser::new())]
     pub migrate: bool,
 
     /// Environment name: used in cloud tags and as the Sentry environment.

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use berth_common::config::{CommonArgs, NumberRange};
+use clap::builder::BoolishValueParser;
 use clap::{ArgAction, Parser, Subcommand, ValueEnum};
 
 #[derive(Debug, Parser)]
@@ -46,7 +47,8 @@ pub struct Config {
     pub imds_endpoint: String,
 
     /// Run without EC2: identity from the --local-* flags, and the host registers itself.
-    #[arg(long, env = "BERTH_LOCAL", default_value_t = false, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    #[arg(long, env = "BERTH_LOCAL", default_value_t = false, action = ArgAction::Set, require_equals = true,
+          num_args = 0..=1, default_missing_value = "true", value_parser = BoolishValueParser::new())]
     pub local: bool,
 
     /// Local mode: this host's id.
@@ -168,5 +170,50 @@ impl Config {
     }
     pub fn tls_dir(&self) -> PathBuf {
         self.state_dir.join("tls")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Cli {
+        let mut argv = vec!["host-service", "--database-url", "postgres://x@localhost/x"];
+        argv.extend_from_slice(args);
+        Cli::try_parse_from(argv).unwrap()
+    }
+
+    #[test]
+    fn local_is_a_flag_that_does_not_swallow_the_subcommand() {
+        let cli = parse(&["--local", "drain"]);
+        assert!(cli.config.local);
+        assert!(matches!(cli.command, Some(Command::Drain)));
+        assert!(!parse(&["--local=false"]).config.local);
+        assert!(parse(&["--local=1"]).config.local);
+        assert!(!parse(&["--migrate=0"]).config.common.migrate);
+        assert!(!parse(&[]).config.local);
+    }
+
+    #[test]
+    fn ranges_and_modes_are_validated() {
+        let argv = [
+            "host-service",
+            "--database-url",
+            "postgres://x@localhost/x",
+            "--port-range",
+            "40000-30000",
+        ];
+        assert!(Cli::try_parse_from(argv).is_err());
+        let argv = [
+            "host-service",
+            "--database-url",
+            "postgres://x@localhost/x",
+            "--uinput",
+            "maybe",
+        ];
+        assert!(Cli::try_parse_from(argv).is_err());
+        let cli = parse(&["--tty-range", "20-29", "--uinput", "off"]);
+        assert_eq!(cli.config.tty_range.0, 20..=29);
+        assert_eq!(cli.config.uinput, UinputMode::Off);
     }
 }

@@ -89,13 +89,7 @@ async fn boot(
     };
     let local_capacity = config.local.then_some(i32::from(config.local_capacity));
     let registration = registry::register(&pool, me, &endpoint, local_capacity).await?;
-    let capacity = match registration {
-        Registration::Active { capacity } => capacity,
-        Registration::Draining => registry::status(&pool, &me.host_id)
-            .await?
-            .map(|_| 0)
-            .unwrap_or(0),
-    };
+    let (Registration::Active { capacity } | Registration::Draining { capacity }) = registration;
     tracing::info!(host = %me.host_id, %api_addr, capacity, runtime = runtime.name, uinput = uinput_enabled, "registered");
 
     let host = Arc::new(Host::new(
@@ -113,7 +107,7 @@ async fn boot(
     host.tasks.spawn(container_events::run(host.clone()));
     host.tasks.spawn(heartbeat::run(host.clone()));
     host.tasks.spawn(heartbeat::watchdog(host.clone()));
-    if registration == Registration::Draining {
+    if matches!(registration, Registration::Draining { .. }) {
         drain::start(&host);
     } else {
         host.tasks.spawn(warm_pool::run(host.clone()));

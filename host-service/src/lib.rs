@@ -62,15 +62,16 @@ impl Error {
     pub fn exit_code(&self) -> i32 {
         use registry::RegistryError as R;
         match self {
-            Error::Registry(
-                R::Mismatch { .. } | R::NotLaunched(_) | R::LocalId(_) | R::Ended { .. },
-            )
+            Error::Db(berth_common::db::DbError::BadUrl(_))
+            | Error::Registry(R::Mismatch { .. } | R::NotLaunched(_) | R::LocalId(_))
             | Error::Runtime(
                 runtime::RuntimeError::Unknown(_) | runtime::RuntimeError::Invalid { .. },
             )
             | Error::Input(resources::uinput::InputError::Required(_))
             | Error::Bind { .. }
             | Error::StateDir { .. } => exit::CONFIG,
+            // The host is over: nothing to restart.
+            Error::Registry(R::Ended { .. }) => 0,
             _ => exit::RUNTIME,
         }
     }

@@ -67,6 +67,10 @@ fn main() -> ExitCode {
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.exit_code() == 0 => {
+            eprintln!("host-service: {e}");
+            ExitCode::SUCCESS
+        }
         Err(e) => {
             telemetry::report_fatal(&format!("host-service: {e}"));
             eprintln!("host-service: {e}");

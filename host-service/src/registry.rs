@@ -72,7 +72,7 @@ pub enum Registration {
     /// The host is ACTIVE with this many slots.
     Active { capacity: i32 },
     /// The host was already told to drain: drain at once and exit.
-    Draining,
+    Draining { capacity: i32 },
 }
 
 /// The API endpoint and certificate this host publishes.
@@ -92,10 +92,37 @@ struct HostRow {
     capacity: i32,
 }
 
+/// How long a host that boots before the scaler has written its row keeps
+/// asking (the scaler records instances right after RunInstances answers).
+const ROW_WAIT: std::time::Duration = std::time::Duration::from_secs(120);
+
+/// [`register_once`], retried while the row does not exist yet.
+pub async fn register(
+    db: &PgPool,
+    me: &Identity,
+    endpoint: &Endpoint<'_>,
+    local_capacity: Option<i32>,
+) -> Result<Registration, RegistryError> {
+    let deadline = tokio::time::Instant::now() + ROW_WAIT;
+    let mut pause = std::time::Duration::from_millis(500);
+    loop {
+        match register_once(db, me, endpoint, local_capacity).await {
+            Err(RegistryError::NotLaunched(_))
+                if tokio::time::Instant::now() + pause < deadline =>
+            {
+                tracing::warn!(host = %me.host_id, "no host row yet; waiting for the scaler to record the launch");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(std::time::Duration::from_secs(10));
+            }
+            other => return other,
+        }
+    }
+}
+
 /// Registers: the row must exist (inserted by the scaler) with a matching
 /// region, image and type — in local mode it is created. The row is locked
 /// while checked and updated, so a concurrent drain is not lost.
-pub async fn register(
+async fn register_once(
     db: &PgPool,
     me: &Identity,
     endpoint: &Endpoint<'_>,
@@ -142,7 +169,11 @@ pub async fn register(
         }
     }
     match row.status {
-        HostStatus::Draining => return Ok(Registration::Draining),
+        HostStatus::Draining => {
+            return Ok(Registration::Draining {
+                capacity: row.capacity,
+            })
+        }
         HostStatus::Terminating | HostStatus::Terminated => {
             return Err(RegistryError::Ended {
                 host: me.host_id.clone(),

@@ -89,23 +89,24 @@ pub struct Config {
     pub tick_secs: u64,
 
     /// Hosts' heartbeat period; a host silent for 3 periods is drained and terminated.
-    #[arg(long, env = "BERTH_HEARTBEAT_SECS", default_value_t = 30)]
+    #[arg(long, env = "BERTH_HEARTBEAT_SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub heartbeat_secs: u64,
 
     /// Seconds a launched host may take to register before it is terminated.
-    #[arg(long, env = "BERTH_REGISTRATION_TIMEOUT_SECS", default_value_t = 600)]
+    #[arg(long, env = "BERTH_REGISTRATION_TIMEOUT_SECS", default_value_t = 600, value_parser = clap::value_parser!(u64).range(10..))]
     pub registration_timeout_secs: u64,
 
     /// Seconds a DRAINING host may take to finish before it is terminated anyway.
-    #[arg(long, env = "BERTH_DRAIN_TIMEOUT_SECS", default_value_t = 3900)]
+    /// Keep it above the hosts' BERTH_DRAIN_DEADLINE_SECS (default 3600).
+    #[arg(long, env = "BERTH_DRAIN_TIMEOUT_SECS", default_value_t = 3900, value_parser = clap::value_parser!(u64).range(1..))]
     pub drain_timeout_secs: u64,
 
     /// Milliseconds an assign may take before it answers with an error.
-    #[arg(long, env = "BERTH_ASSIGN_DEADLINE_MS", default_value_t = 5000)]
+    #[arg(long, env = "BERTH_ASSIGN_DEADLINE_MS", default_value_t = 5000, value_parser = clap::value_parser!(u64).range(100..=60_000))]
     pub assign_deadline_ms: u64,
 
     /// Seconds a deploy may take to prepare its buffer before it FAILS.
-    #[arg(long, env = "BERTH_DEPLOY_TIMEOUT_SECS", default_value_t = 1800)]
+    #[arg(long, env = "BERTH_DEPLOY_TIMEOUT_SECS", default_value_t = 1800, value_parser = clap::value_parser!(u64).range(1..))]
     pub deploy_timeout_secs: u64,
 
     /// EC2 user data for new hosts (a file; `{region}` and `{env}` are substituted).

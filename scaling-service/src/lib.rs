@@ -29,6 +29,12 @@ pub enum Error {
     Deploy(#[from] deploy::DeployError),
     #[error("the local provider is not available in this build yet; use BERTH_PROVIDER=aws")]
     LocalProvider,
+    #[error("reading BERTH_USER_DATA_FILE {path}: {source}; new hosts could not boot without it")]
+    UserData {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("binding the API on {addr}: {source}; is PORT in use?")]
     Bind {
         addr: std::net::SocketAddr,
@@ -40,7 +46,11 @@ pub enum Error {
 impl Error {
     pub fn exit_code(&self) -> i32 {
         match self {
-            Error::AuthConfig(_) | Error::Bind { .. } | Error::LocalProvider => exit::CONFIG,
+            Error::AuthConfig(_)
+            | Error::Bind { .. }
+            | Error::LocalProvider
+            | Error::UserData { .. }
+            | Error::Db(berth_common::db::DbError::BadUrl(_)) => exit::CONFIG,
             _ => exit::RUNTIME,
         }
     }

@@ -36,6 +36,12 @@ pub async fn start_with_provider(
     provider: Arc<dyn Provider>,
 ) -> Result<Service, Error> {
     let auth = Authenticator::from_config(&config)?;
+    if let Some(path) = &config.user_data_file {
+        std::fs::read_to_string(path).map_err(|source| Error::UserData {
+            path: path.clone(),
+            source,
+        })?;
+    }
     let pool = db::connect(&config.common.database_url, "scaling-service", 32).await?;
     if config.common.migrate {
         db::migrate(&pool).await?;
