@@ -288,7 +288,9 @@ async fn pick(
         .map_err(q("picking a warm session"))
 }
 
-/// Tells a client whose build no host runs apart from a plain lack of capacity.
+/// Tells a client whose build no host runs apart from a plain lack of
+/// capacity: only free sessions on hosts of *another* build mean the commit is
+/// the problem (sessions of its own build may just be locked by concurrent assigns).
 async fn no_capacity_reason(
     tx: &mut PgConnection,
     request: &AssignRequest,
@@ -299,10 +301,12 @@ async fn no_capacity_reason(
     let other_commit_has_room: bool = sqlx::query_scalar(
         "SELECT EXISTS (SELECT 1 FROM sessions s JOIN hosts h ON h.id = s.host_id \
          JOIN images i ON i.region = h.region AND i.image_id = h.image_id AND i.status = 'CURRENT' \
-         WHERE s.status = 'WAITING' AND s.runtime = $1 AND h.status = 'ACTIVE' AND h.free_slots > 0 AND h.region = ANY($2))",
+         WHERE s.status = 'WAITING' AND s.runtime = $1 AND h.status = 'ACTIVE' AND h.free_slots > 0 AND h.region = ANY($2) \
+           AND h.client_sha <> $3)",
     )
     .bind(&request.runtime)
     .bind(&request.regions)
+    .bind(&request.client_commit)
     .fetch_one(&mut *tx)
     .await
     .map_err(q("checking commits"))?;

@@ -105,6 +105,7 @@ pub async fn json_transport(
     claim(host, &session, Some(token))
         .await
         .map_err(|e| FinishError::Internal(e.to_string()))?;
+    refresh_token_hash(host, &session, token).await;
     {
         let mut phase = session.phase();
         let owner_ok = phase
@@ -125,6 +126,27 @@ pub async fn json_transport(
     let task = host.tasks.spawn(finish(host.clone(), session, json_data));
     task.await
         .map_err(|e| FinishError::Internal(format!("finishing task ended abnormally: {e}")))?
+}
+
+/// The scaler re-issues a token when a client repeats its assign before the
+/// app runs; the stored hash is then the truth, not the one cached at claim.
+async fn refresh_token_hash(host: &Host, session: &Session, token: &str) {
+    let stale =
+        matches!(&*session.phase(), Phase::Connecting(o) if !token_matches(token, &o.token_sha256));
+    if !stale {
+        return;
+    }
+    let stored: Option<String> = sqlx::query_scalar(
+        "SELECT token_sha256 FROM sessions WHERE id = $1 AND status = 'CONNECTING'",
+    )
+    .bind(session.id)
+    .fetch_optional(&host.db)
+    .await
+    .ok()
+    .flatten();
+    if let (Some(stored), Phase::Connecting(owner)) = (stored, &mut *session.phase()) {
+        owner.token_sha256 = stored;
+    }
 }
 
 async fn finish(
