@@ -45,6 +45,8 @@ pub enum Command {
         #[arg(long)]
         region: String,
     },
+    /// Local provider: stop every local host of this environment and remove its containers.
+    LocalCleanup,
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -124,6 +126,10 @@ pub struct Config {
     /// Local provider: directory for the local hosts' state, logs and pids.
     #[arg(long, env = "BERTH_LOCAL_DIR", default_value = "/var/tmp/berth-local")]
     pub local_dir: PathBuf,
+
+    /// Local provider: the runtime local hosts keep warm.
+    #[arg(long, env = "BERTH_LOCAL_RUNTIME", default_value = "desktop")]
+    pub local_runtime: String,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]

@@ -27,8 +27,8 @@ pub enum Error {
     AuthConfig(#[from] auth::AuthConfigError),
     #[error(transparent)]
     Deploy(#[from] deploy::DeployError),
-    #[error("the local provider is not available in this build yet; use BERTH_PROVIDER=aws")]
-    LocalProvider,
+    #[error("the local provider cannot start: {0}")]
+    LocalProvider(#[from] provider::ProviderError),
     #[error("reading BERTH_USER_DATA_FILE {path}: {source}; new hosts could not boot without it")]
     UserData {
         path: std::path::PathBuf,
@@ -48,7 +48,7 @@ impl Error {
         match self {
             Error::AuthConfig(_)
             | Error::Bind { .. }
-            | Error::LocalProvider
+            | Error::LocalProvider(_)
             | Error::UserData { .. }
             | Error::Db(berth_common::db::DbError::BadUrl(_)) => exit::CONFIG,
             _ => exit::RUNTIME,

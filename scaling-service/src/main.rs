@@ -75,6 +75,17 @@ fn main() -> ExitCode {
                 println!("region {region}: release signal given");
                 Ok(())
             }
+            Some(Command::LocalCleanup) => {
+                let removed = scaling_service::provider::local::remove_all(
+                    &config.local_dir,
+                    &config.common.environment,
+                );
+                println!(
+                    "stopped {removed} local hosts of environment {}",
+                    config.common.environment
+                );
+                Ok(())
+            }
             Some(Command::Run) | None => {
                 let service = service::start(config).await?;
                 service.run_until(stop_signal()).await;

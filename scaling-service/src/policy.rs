@@ -112,7 +112,7 @@ impl Policy for BufferPolicy {
             });
         }
         let empty = |h: &&HostView| h.status == HostStatus::Active && h.free_slots == h.capacity;
-        let protected = |h: &&HostView| region.protected_images.iter().any(|p| *p == h.image_id);
+        let protected = |h: &&HostView| region.protected_images.contains(&h.image_id);
 
         // Old-image hosts go as soon as nobody uses them.
         for host in region

@@ -12,6 +12,7 @@ use crate::auth::Authenticator;
 use crate::config::{Config, ProviderKind};
 use crate::policy::BufferPolicy;
 use crate::provider::aws::AwsProvider;
+use crate::provider::local::{LocalProvider, LocalSettings};
 use crate::provider::Provider;
 use crate::scaler::Scaler;
 use crate::{api, controller, Error};
@@ -25,7 +26,15 @@ pub struct Service {
 pub async fn start(config: Config) -> Result<Service, Error> {
     let provider: Arc<dyn Provider> = match config.provider {
         ProviderKind::Aws => Arc::new(AwsProvider::new(config.ec2_endpoint.clone()).await),
-        ProviderKind::Local => return Err(Error::LocalProvider),
+        ProviderKind::Local => Arc::new(LocalProvider::new(LocalSettings {
+            binary: config.local_host_binary.clone(),
+            dir: config.local_dir.clone(),
+            database_url: config.common.database_url.clone(),
+            environment: config.common.environment.clone(),
+            runtime: config.local_runtime.clone(),
+            heartbeat_secs: config.heartbeat_secs,
+            log_filter: config.common.log_filter.clone(),
+        })?),
     };
     start_with_provider(config, provider).await
 }

@@ -339,7 +339,7 @@ async fn a_scaler_restart_mid_deploy_finishes_it_without_a_second_buffer() {
     );
     assert_eq!(
         live_cloud(aws.as_ref(), &env).await.len() as i64,
-        4 - 0,
+        4,
         "2 old (draining) + 2 new; never a third set"
     );
     db.drop_database().await;

@@ -1,4 +1,6 @@
-//! End-to-end tests of the whole system on one machine: the scaling service
-//! with the `local` provider starting real host-service processes, real
-//! PostgreSQL and Docker, and a client that does what client apps do.
-//! (The local provider and these tests are the next step; see the README.)
+//! End-to-end tests of the whole system on one machine (see `tests/`), and
+//! [`client`]: what a client app does to get and use a session.
+
+#![warn(missing_debug_implementations, rust_2018_idioms)]
+
+pub mod client;

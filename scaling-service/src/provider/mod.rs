@@ -3,6 +3,7 @@
 //! the bookkeeping (launch rows, host rows); a provider only talks to its cloud.
 
 pub mod aws;
+pub mod local;
 
 use std::collections::BTreeMap;
 

@@ -217,13 +217,13 @@ impl Provider for FaultyProvider {
     ) -> BoxFuture<'a, Result<Vec<LaunchedInstance>, ProviderError>> {
         Box::pin(async move {
             let n = self.calls.fetch_add(1, Ordering::SeqCst) + 1;
-            if self.throttle_every > 0 && n % self.throttle_every == 0 {
+            if self.throttle_every > 0 && n.is_multiple_of(self.throttle_every) {
                 return Err(ProviderError::Throttled(
                     "injected: RequestLimitExceeded".into(),
                 ));
             }
             let result = self.inner.launch(request).await;
-            if self.lose_every > 0 && n % self.lose_every == 0 {
+            if self.lose_every > 0 && n.is_multiple_of(self.lose_every) {
                 return Err(ProviderError::Unavailable(
                     "injected: the response was lost".into(),
                 ));

@@ -1,0 +1,264 @@
+//! Host-service benchmark (run by scripts/bench; not a test). On the real
+//! Docker engine and PostgreSQL of this machine it measures, in one run:
+//!  * cold spin-up through the daemon (resources, dirs, create+start, inspect,
+//!    WAITING row) against raw Docker create+start of the same image;
+//!  * warm allocation → RUNNING latency (claim, config.json, readiness, RUNNING),
+//!    as the client sees json_transport;
+//!  * the daemon's idle RSS as a process with a warm pool.
+
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use berth_common::auth::new_session_token;
+use berth_common::testing::TestDb;
+use berth_common::{db, tls, HostId};
+use bollard::models::ContainerCreateBody;
+use bollard::query_parameters::{CreateContainerOptionsBuilder, RemoveContainerOptionsBuilder};
+use clap::Parser;
+use host_service::config::Cli;
+use host_service::daemon;
+use host_service::session::spawn::spawn_warm;
+use host_service::session::teardown::teardown;
+
+const COLD_RUNS: usize = 12;
+const WARM_RUNS: usize = 40;
+
+fn image() -> String {
+    std::env::var("BERTH_TEST_IMAGE").unwrap_or_else(|_| "berth-test-app:1".to_owned())
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+fn summary(name: &str, mut ms: Vec<f64>) -> (f64, f64) {
+    ms.sort_by(|a, b| a.total_cmp(b));
+    let (p50, p99) = (percentile(&ms, 0.5), percentile(&ms, 0.99));
+    println!(
+        "{name:<44} n={:<3} p50 {p50:>7.1} ms   p99 {p99:>7.1} ms",
+        ms.len()
+    );
+    (p50, p99)
+}
+
+async fn add_runtime(db: &TestDb) {
+    sqlx::query(
+        "INSERT INTO runtimes (name, image, ports, memory_mib, needs_tty, readiness) VALUES ('bench', $1, \
+         '[{\"container_port\": 8080, \"protocol\": \"tcp\"}]', 64, true, '{\"http\": {\"port\": 8080, \"path\": \"/ready\"}}')",
+    )
+    .bind(image())
+    .execute(&db.pool)
+    .await
+    .expect("runtime row");
+}
+
+fn args(db: &TestDb, host_id: &str, capacity: u16, state: &std::path::Path) -> Vec<String> {
+    [
+        "host-service",
+        "--database-url",
+        &db.url,
+        "--local",
+        "--local-host-id",
+        host_id,
+        "--local-capacity",
+        &capacity.to_string(),
+        "--state-dir",
+        &state.display().to_string(),
+        "--api-addr",
+        "127.0.0.1:0",
+        "--port-range",
+        "26000-26999",
+        "--publish-ip",
+        "127.0.0.1",
+        "--runtime",
+        "bench",
+        "--stop-grace-secs",
+        "1",
+        "--uinput",
+        "off",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+async fn raw_docker_create_start(docker: &bollard::Docker) -> f64 {
+    let name = format!("berth-bench-raw-{}", uuid::Uuid::new_v4().simple());
+    let started = Instant::now();
+    let body = ContainerCreateBody {
+        image: Some(image()),
+        ..Default::default()
+    };
+    let created = docker
+        .create_container(
+            Some(CreateContainerOptionsBuilder::new().name(&name).build()),
+            body,
+        )
+        .await
+        .expect("create");
+    docker
+        .start_container(
+            &created.id,
+            None::<bollard::query_parameters::StartContainerOptions>,
+        )
+        .await
+        .expect("start");
+    let ms = started.elapsed().as_secs_f64() * 1e3;
+    let _ = docker
+        .remove_container(
+            &created.id,
+            Some(RemoveContainerOptionsBuilder::new().force(true).build()),
+        )
+        .await;
+    ms
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    tls::install_crypto_provider();
+    let db = TestDb::new().await;
+    add_runtime(&db).await;
+    let state = std::env::temp_dir().join(format!("berth-bench-{}", std::process::id()));
+
+    // 1. Cold spin-up: raw Docker vs the daemon's whole warm-session path, interleaved.
+    let cli = Cli::try_parse_from(args(&db, "bench-cold", 1, &state)).unwrap();
+    let d = daemon::start(cli.config).await.expect("daemon starts");
+    // Let the daemon's own pool fill its one slot first, so it does not compete.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let docker = d.host.docker.client().clone();
+    let (mut raw, mut ours) = (vec![], vec![]);
+    for _ in 0..COLD_RUNS {
+        raw.push(raw_docker_create_start(&docker).await);
+        let started = Instant::now();
+        let session = spawn_warm(&d.host).await.expect("spawn");
+        ours.push(started.elapsed().as_secs_f64() * 1e3);
+        teardown(&d.host, &session, "benchmark").await;
+    }
+    println!("== host-service benchmark (image {}) ==", image());
+    let (raw50, _) = summary("raw docker create+start", raw);
+    let (ours50, _) = summary("daemon cold spin-up (warm session ready)", ours);
+    println!(
+        "{:<44} {:.2}x  (target <= 1.10x)",
+        "ratio daemon / raw (p50)",
+        ours50 / raw50
+    );
+    d.stop().await;
+
+    // 2. Warm allocation -> RUNNING, as the client sees json_transport.
+    let cli = Cli::try_parse_from(args(&db, "bench-warm", 1, &state)).unwrap();
+    let d = daemon::start(cli.config).await.expect("daemon starts");
+    let client = reqwest::Client::builder()
+        .use_preconfigured_tls(tls::pinned_client_config(&d.cert_sha256).unwrap())
+        .build()
+        .unwrap();
+    let host = HostId::parse("bench-warm").unwrap();
+    let mut warm = vec![];
+    for _ in 0..WARM_RUNS {
+        let id = loop {
+            let waiting: Option<uuid::Uuid> =
+                sqlx::query_scalar("SELECT id FROM sessions WHERE host_id = 'bench-warm' AND status = 'WAITING' LIMIT 1")
+                    .fetch_optional(&db.pool)
+                    .await
+                    .unwrap();
+            if let Some(id) = waiting {
+                break id;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        let token = new_session_token();
+        let mut tx = db.pool.begin().await.unwrap();
+        sqlx::query("UPDATE sessions SET status = 'ALLOCATED', user_id = 'bench', token_sha256 = $2 WHERE id = $1")
+            .bind(id)
+            .bind(&token.sha256_hex)
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+        db::take_free_slot(&mut *tx, &host).await.unwrap();
+        tx.commit().await.unwrap();
+        let body = serde_json::json!({"session_id": id, "json_data": "{\"bench\": true}"});
+        let started = Instant::now();
+        let response = client
+            .put(format!(
+                "https://127.0.0.1:{}/json_transport",
+                d.api_addr.port()
+            ))
+            .bearer_auth(&token.token)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        let ms = started.elapsed().as_secs_f64() * 1e3;
+        assert_eq!(
+            response.status(),
+            200,
+            "json_transport failed: {}",
+            response.text().await.unwrap_or_default()
+        );
+        warm.push(ms);
+        client
+            .delete(format!(
+                "https://127.0.0.1:{}/sessions/{id}",
+                d.api_addr.port()
+            ))
+            .bearer_auth(&token.token)
+            .send()
+            .await
+            .unwrap();
+    }
+    summary("warm allocation -> RUNNING (json_transport)", warm);
+    d.stop().await;
+
+    // 3. Idle RSS of the daemon process with a warm pool of 2.
+    let exe = std::env::var("BERTH_HOST_SERVICE_BIN")
+        .unwrap_or_else(|_| "target/debug/host-service".to_owned());
+    let argv = args(&db, "bench-rss", 2, &state);
+    let mut child = std::process::Command::new(&exe)
+        .args(&argv[1..])
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start host-service (set BERTH_HOST_SERVICE_BIN)");
+    for _ in 0..300 {
+        let warm: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM sessions WHERE host_id = 'bench-rss' AND status = 'WAITING'",
+        )
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+        if warm == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let status =
+        std::fs::read_to_string(format!("/proc/{}/status", child.id())).unwrap_or_default();
+    let rss_kb: u64 = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    println!(
+        "{:<44} {:.1} MB  (target <= 15 MB; binary: {exe})",
+        "daemon idle RSS, 2 warm sessions",
+        rss_kb as f64 / 1024.0
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+
+    for host in ["bench-cold", "bench-warm", "bench-rss"] {
+        let ids = std::process::Command::new("docker")
+            .args(["ps", "-aq", "--filter", &format!("label=berth.host={host}")])
+            .output()
+            .unwrap();
+        for id in String::from_utf8_lossy(&ids.stdout).split_whitespace() {
+            let _ = std::process::Command::new("docker")
+                .args(["rm", "-f", id])
+                .output();
+        }
+    }
+    let _ = std::fs::remove_dir_all(&state);
+    db.drop_database().await;
+}

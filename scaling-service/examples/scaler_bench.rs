@@ -1,0 +1,255 @@
+//! Scaling-service benchmark (run by scripts/bench; not a test), on this
+//! machine's PostgreSQL and the moto EC2 emulator:
+//!  * assign throughput and latency under concurrency, against the round-trip
+//!    rate of `SELECT 1` on the same pool measured in the same run;
+//!  * deficit → first RunInstances call: a region's target is raised and the
+//!    running service's controller, woken by the `config` NOTIFY, calls the provider.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use berth_common::testing::TestDb;
+use berth_common::tls;
+use clap::Parser;
+use futures_util::future::BoxFuture;
+use scaling_service::assign::{assign, AssignRequest};
+use scaling_service::config::Cli;
+use scaling_service::provider::aws::AwsProvider;
+use scaling_service::provider::{
+    CloudInstance, LaunchRequest, LaunchedInstance, Provider, ProviderError,
+};
+use scaling_service::service;
+
+const HOSTS: i32 = 100;
+const SLOTS_PER_HOST: i32 = 50;
+const CONCURRENCY: usize = 32;
+const ASSIGNS: usize = 4000;
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+/// Records when launch() is first called.
+#[derive(Debug)]
+struct Recording {
+    inner: Arc<dyn Provider>,
+    first_launch: Mutex<Option<Instant>>,
+}
+
+impl Provider for Recording {
+    fn launch<'a>(
+        &'a self,
+        r: &'a LaunchRequest,
+    ) -> BoxFuture<'a, Result<Vec<LaunchedInstance>, ProviderError>> {
+        self.first_launch
+            .lock()
+            .unwrap()
+            .get_or_insert_with(Instant::now);
+        self.inner.launch(r)
+    }
+    fn terminate<'a>(
+        &'a self,
+        region: &'a str,
+        ids: &'a [String],
+    ) -> BoxFuture<'a, Result<(), ProviderError>> {
+        self.inner.terminate(region, ids)
+    }
+    fn describe<'a>(
+        &'a self,
+        region: &'a str,
+        env: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<CloudInstance>, ProviderError>> {
+        self.inner.describe(region, env)
+    }
+}
+
+async fn seed(db: &TestDb) {
+    for sql in [
+        "INSERT INTO instance_types (name, vcpus, memory_mib, capacity) VALUES ('t3.large', 2, 8192, 2)",
+        "INSERT INTO regions (name, target_free_slots, max_hosts, instance_types) VALUES ('us-east-1', 0, 1000, ARRAY['t3.large'])",
+        "INSERT INTO images (region, image_id, client_sha, status) VALUES ('us-east-1', 'ami-11111111', 'sha-1', 'CURRENT')",
+        "INSERT INTO runtimes (name, image) VALUES ('desktop', 'berth-test-app:1')",
+        "UPDATE limits SET max_sessions = 1000 WHERE user_id = '*'",
+    ] {
+        sqlx::query(sql).execute(&db.pool).await.unwrap();
+    }
+    sqlx::query(
+        "INSERT INTO hosts (id, region, image_id, client_sha, instance_type, capacity, free_slots, status, public_ip, api_port, cert_sha256) \
+         SELECT 'i-' || lpad(n::text, 8, '0'), 'us-east-1', 'ami-11111111', 'sha-1', 't3.large', $1, $1, 'ACTIVE', '10.0.0.1', 4678, repeat('a', 64) \
+         FROM generate_series(1, $2) n",
+    )
+    .bind(SLOTS_PER_HOST)
+    .bind(HOSTS)
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    sqlx::query("INSERT INTO sessions (id, host_id, runtime) SELECT gen_random_uuid(), h.id, 'desktop' FROM hosts h, generate_series(1, h.capacity)")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    sqlx::query("ANALYZE").execute(&db.pool).await.unwrap();
+}
+
+async fn rate<F, Fut>(n: usize, op: F) -> (f64, Vec<f64>)
+where
+    F: Fn(usize) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    let op = Arc::new(op);
+    let next = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let workers: Vec<_> = (0..CONCURRENCY)
+        .map(|_| {
+            let (op, next) = (op.clone(), next.clone());
+            tokio::spawn(async move {
+                let mut lat = vec![];
+                loop {
+                    let i = next.fetch_add(1, Ordering::SeqCst);
+                    if i >= n {
+                        return lat;
+                    }
+                    let t = Instant::now();
+                    op(i).await;
+                    lat.push(t.elapsed().as_secs_f64() * 1e3);
+                }
+            })
+        })
+        .collect();
+    let mut all = vec![];
+    for w in workers {
+        all.extend(w.await.unwrap());
+    }
+    let per_s = n as f64 / started.elapsed().as_secs_f64();
+    all.sort_by(|a, b| a.total_cmp(b));
+    (per_s, all)
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    tls::install_crypto_provider();
+    let db = TestDb::new().await;
+    seed(&db).await;
+    let pool = berth_common::db::connect(&db.url, "bench", CONCURRENCY as u32)
+        .await
+        .unwrap();
+    println!("== scaling-service benchmark ({HOSTS} hosts x {SLOTS_PER_HOST} slots, {CONCURRENCY} concurrent clients) ==");
+
+    let p = pool.clone();
+    let (base_rate, _) = rate(ASSIGNS, move |_| {
+        let p = p.clone();
+        async move {
+            sqlx::query("SELECT 1").execute(&p).await.unwrap();
+        }
+    })
+    .await;
+    println!(
+        "{:<44} {base_rate:>8.0}/s",
+        "baseline: SELECT 1 round trips"
+    );
+
+    let p = pool.clone();
+    let (assign_rate, lat) = rate(ASSIGNS, move |i| {
+        let p = p.clone();
+        async move {
+            let req = AssignRequest {
+                runtime: "desktop".into(),
+                regions: vec!["us-east-1".into()],
+                client_commit: "sha-1".into(),
+                client_session_id: None,
+            };
+            assign(&p, &format!("user-{}", i % 2000), &req)
+                .await
+                .expect("assign");
+        }
+    })
+    .await;
+    println!(
+        "{:<44} {assign_rate:>8.0}/s  p50 {:.2} ms  p99 {:.2} ms  ({:.1}% of baseline; target >= 2000/s)",
+        "assign (POST /sessions transaction)",
+        percentile(&lat, 0.5),
+        percentile(&lat, 0.99),
+        100.0 * assign_rate / base_rate
+    );
+    let allocated: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM sessions WHERE status = 'ALLOCATED'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        allocated as usize, ASSIGNS,
+        "every assign allocated exactly one session"
+    );
+
+    // Deficit → first RunInstances, through the running service.
+    let mut latencies = vec![];
+    for run in 0..5 {
+        let db = TestDb::new().await;
+        seed_region_only(&db).await;
+        let env = format!("bench{}{run}", std::process::id());
+        let argv = [
+            "scaling-service",
+            "--database-url",
+            &db.url,
+            "--env",
+            &env,
+            "--port",
+            "0",
+            "--listen-ip",
+            "127.0.0.1",
+            "--auth-hs256-secret",
+            "bench-secret-bench-secret-bench-secret!!",
+            "--tick-secs",
+            "30",
+            "--ec2-endpoint",
+            &std::env::var("BERTH_EC2_ENDPOINT").unwrap_or_else(|_| "http://127.0.0.1:5055".into()),
+        ];
+        let config = Cli::try_parse_from(argv).unwrap().config;
+        let recording = Arc::new(Recording {
+            inner: Arc::new(AwsProvider::new(config.ec2_endpoint.clone()).await),
+            first_launch: Mutex::new(None),
+        });
+        let svc = service::start_with_provider(config, recording.clone())
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(500)).await; // controllers up and idle
+        let raised = Instant::now();
+        sqlx::query("UPDATE regions SET target_free_slots = 2")
+            .execute(&db.pool)
+            .await
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let latency = loop {
+            if let Some(at) = *recording.first_launch.lock().unwrap() {
+                break at.saturating_duration_since(raised);
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no RunInstances within 10 s of the deficit"
+            );
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        };
+        latencies.push(latency.as_secs_f64() * 1e3);
+        svc.stop().await;
+        db.drop_database().await;
+    }
+    latencies.sort_by(|a, b| a.total_cmp(b));
+    println!(
+        "{:<44} p50 {:.1} ms  max {:.1} ms  (n=5, tick 30 s: the NOTIFY wakes it; target <= 1000 ms)",
+        "deficit -> first RunInstances call",
+        percentile(&latencies, 0.5),
+        latencies[latencies.len() - 1]
+    );
+    pool.close().await;
+    db.drop_database().await;
+}
+
+async fn seed_region_only(db: &TestDb) {
+    for sql in [
+        "INSERT INTO instance_types (name, vcpus, memory_mib, capacity) VALUES ('t3.large', 2, 8192, 2)",
+        "INSERT INTO regions (name, target_free_slots, max_hosts, instance_types) VALUES ('us-east-1', 0, 10, ARRAY['t3.large'])",
+        "INSERT INTO images (region, image_id, client_sha, status) VALUES ('us-east-1', 'ami-11111111', 'sha-1', 'CURRENT')",
+    ] {
+        sqlx::query(sql).execute(&db.pool).await.unwrap();
+    }
+}
