@@ -133,3 +133,65 @@ pub fn bearer<B>(req: &Request<B>) -> Result<String, ApiError> {
         .map(str::to_owned)
         .ok_or_else(ApiError::unauthorized)
 }
+
+/// Serves HTTP/1.1 and HTTP/2 (with upgrades) on `listener` until `stop`:
+/// `accept` turns each TCP connection into the stream to speak HTTP on (a TLS
+/// handshake for the host API, nothing for the scaler) and runs in the
+/// connection's own task, so a slow client never stalls accepting. Headers
+/// must arrive within 10 s; in-flight requests get 5 s when stopping.
+pub async fn serve<A, AFut, IO, H, HFut>(
+    listener: tokio::net::TcpListener,
+    stop: tokio_util::sync::CancellationToken,
+    accept: A,
+    handler: H,
+) where
+    A: Fn(tokio::net::TcpStream) -> AFut + Clone + Send + 'static,
+    AFut: std::future::Future<Output = Option<IO>> + Send,
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    H: Fn(Request<hyper::body::Incoming>) -> HFut + Clone + Send + Sync + 'static,
+    HFut: std::future::Future<Output = HttpResponse> + Send + 'static,
+{
+    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(10));
+    builder.http2().timer(TokioTimer::new());
+    let builder = std::sync::Arc::new(builder);
+    loop {
+        let tcp = tokio::select! {
+            _ = stop.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok((tcp, _)) => tcp,
+                Err(error) => {
+                    // EMFILE and friends: pause instead of spinning.
+                    tracing::warn!(%error, "accepting a connection failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let (accept, handler, builder) = (accept.clone(), handler.clone(), builder.clone());
+        let watcher = graceful.watcher();
+        tokio::spawn(async move {
+            let Some(io) = accept(tcp).await else { return };
+            let service = hyper::service::service_fn(move |req| {
+                let response = handler(req);
+                async move { Ok::<_, std::convert::Infallible>(response.await) }
+            });
+            let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+            if let Err(error) = watcher.watch(conn.into_owned()).await {
+                tracing::debug!(%error, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(Duration::from_secs(5), graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("some connections did not finish within the shutdown grace");
+    }
+}

@@ -8,6 +8,7 @@ pub mod atomic_file;
 pub mod auth;
 pub mod config;
 pub mod db;
+pub mod entry;
 pub mod http;
 pub mod ids;
 pub mod imds;

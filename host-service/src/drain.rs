@@ -37,6 +37,7 @@ async fn run(host: Arc<Host>) {
             .map(|s| teardown(&host, s, "the host is draining")),
     )
     .await;
+    crate::faults::point("drain.after_warm");
     loop {
         let left = host.sessions();
         if left.is_empty() {
@@ -61,6 +62,7 @@ async fn run(host: Arc<Host>) {
             _ = tokio::time::sleep_until(deadline.min(tokio::time::Instant::now() + Duration::from_secs(1))) => {}
         }
     }
+    crate::faults::point("drain.before_terminating");
     if let Err(error) = registry::mark_terminating(&host.db, &host.id).await {
         tracing::error!(%error, "could not mark the host TERMINATING");
     }

@@ -8,6 +8,7 @@ pub mod container_events;
 pub mod daemon;
 pub mod docker;
 pub mod drain;
+pub mod faults;
 pub mod heartbeat;
 pub mod hints;
 pub mod host;

@@ -4,47 +4,19 @@
 use std::process::ExitCode;
 
 use berth_common::config::exit;
-use berth_common::{telemetry, tls};
-use clap::Parser;
+use berth_common::entry;
 use host_service::config::{Cli, Command};
 use host_service::daemon::{self, Exit};
+use host_service::Error;
 
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    let cli: Cli = match entry::parse() {
         Ok(cli) => cli,
-        Err(e) if !e.use_stderr() => {
-            let _ = e.print();
-            return ExitCode::SUCCESS;
-        }
-        Err(e) => {
-            let _ = e.print();
-            return ExitCode::from(exit::USAGE as u8);
-        }
+        Err(code) => return code,
     };
-    let common = &cli.config.common;
-    let _telemetry = match telemetry::init(
-        "host-service",
-        &common.environment,
-        &common.log_filter,
-        common.log_format,
-        common.sentry_dsn.as_deref(),
-    ) {
-        Ok(guard) => guard,
-        Err(e) => {
-            eprintln!("host-service: {e}");
-            return ExitCode::from(exit::CONFIG as u8);
-        }
-    };
-    tls::install_crypto_provider();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            telemetry::report_fatal(&format!("starting the async runtime: {e}"));
-            return ExitCode::from(exit::RUNTIME as u8);
-        }
+    let (_telemetry, runtime) = match entry::start("host-service", &cli.config.common) {
+        Ok(started) => started,
+        Err(code) => return code,
     };
     let result = runtime.block_on(async {
         match cli.command {
@@ -65,18 +37,7 @@ fn main() -> ExitCode {
             }
         }
     });
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) if e.exit_code() == 0 => {
-            eprintln!("host-service: {e}");
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            telemetry::report_fatal(&format!("host-service: {e}"));
-            eprintln!("host-service: {e}");
-            ExitCode::from(e.exit_code() as u8)
-        }
-    }
+    entry::finish("host-service", result, Error::exit_code)
 }
 
 /// The first SIGTERM or SIGINT stops gracefully; a second one exits at once.

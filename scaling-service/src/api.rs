@@ -1,17 +1,12 @@
 //! The scaler's HTTP API (plain HTTP behind the platform's TLS, on $PORT):
 //! assign, the caller's sessions, runtimes, regions, health and metrics.
 
-use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use berth_common::http::{bearer, json, read_body, text, ApiError, HttpResponse};
 use http::{Method, Request, StatusCode};
 use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use serde::Deserialize;
 use serde_json::json;
 use tokio::net::TcpListener;
@@ -25,48 +20,12 @@ const BODY_TIMEOUT: Duration = Duration::from_secs(15);
 const OPENAPI: &str = include_str!("openapi.json");
 
 pub async fn serve(scaler: Arc<Scaler>, listener: TcpListener) {
-    let graceful = GracefulShutdown::new();
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(10));
-    let builder = Arc::new(builder);
-    loop {
-        let (tcp, _) = tokio::select! {
-            _ = scaler.stop.cancelled() => break,
-            accepted = listener.accept() => match accepted {
-                Ok(conn) => conn,
-                Err(error) => {
-                    tracing::warn!(%error, "accepting a connection failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
-        let (scaler, builder) = (scaler.clone(), builder.clone());
-        let watcher = graceful.watcher();
-        tokio::spawn(async move {
-            let service = service_fn(move |req| {
-                let scaler = scaler.clone();
-                async move { Ok::<_, Infallible>(handle(scaler, req).await) }
-            });
-            let _ = watcher
-                .watch(
-                    builder
-                        .serve_connection(TokioIo::new(tcp), service)
-                        .into_owned(),
-                )
-                .await;
-        });
-    }
-    drop(listener);
-    if tokio::time::timeout(Duration::from_secs(5), graceful.shutdown())
-        .await
-        .is_err()
-    {
-        tracing::warn!("some API connections did not finish within the shutdown grace");
-    }
+    let stop = scaler.stop.clone();
+    let plain = |tcp: tokio::net::TcpStream| async move { Some(tcp) };
+    berth_common::http::serve(listener, stop, plain, move |req| {
+        handle(scaler.clone(), req)
+    })
+    .await;
 }
 
 pub async fn handle(scaler: Arc<Scaler>, req: Request<Incoming>) -> HttpResponse {

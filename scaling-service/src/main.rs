@@ -3,48 +3,18 @@
 
 use std::process::ExitCode;
 
-use berth_common::config::exit;
-use berth_common::{db, telemetry, tls};
-use clap::Parser;
+use berth_common::{db, entry};
 use scaling_service::config::{Cli, Command};
 use scaling_service::{deploy, service, Error};
 
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    let cli: Cli = match entry::parse() {
         Ok(cli) => cli,
-        Err(e) if !e.use_stderr() => {
-            let _ = e.print();
-            return ExitCode::SUCCESS;
-        }
-        Err(e) => {
-            let _ = e.print();
-            return ExitCode::from(exit::USAGE as u8);
-        }
+        Err(code) => return code,
     };
-    let common = &cli.config.common;
-    let _telemetry = match telemetry::init(
-        "scaling-service",
-        &common.environment,
-        &common.log_filter,
-        common.log_format,
-        common.sentry_dsn.as_deref(),
-    ) {
-        Ok(guard) => guard,
-        Err(e) => {
-            eprintln!("scaling-service: {e}");
-            return ExitCode::from(exit::CONFIG as u8);
-        }
-    };
-    tls::install_crypto_provider();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            telemetry::report_fatal(&format!("starting the async runtime: {e}"));
-            return ExitCode::from(exit::RUNTIME as u8);
-        }
+    let (_telemetry, runtime) = match entry::start("scaling-service", &cli.config.common) {
+        Ok(started) => started,
+        Err(code) => return code,
     };
     let result: Result<(), Error> = runtime.block_on(async {
         let config = cli.config;
@@ -93,14 +63,7 @@ fn main() -> ExitCode {
             }
         }
     });
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            telemetry::report_fatal(&format!("scaling-service: {e}"));
-            eprintln!("scaling-service: {e}");
-            ExitCode::from(e.exit_code() as u8)
-        }
-    }
+    entry::finish("scaling-service", result, Error::exit_code)
 }
 
 async fn stop_signal() {

@@ -57,6 +57,7 @@ pub async fn claim(
     let Some((user_id, token_sha256)) = claimed else {
         return Ok(false);
     };
+    crate::faults::point("claim.after_update");
     {
         let mut phase = session.phase();
         if !matches!(*phase, Phase::Waiting) {
@@ -166,6 +167,7 @@ async fn finish(
         spawn_teardown(&host, session, format!("writing config.json failed: {e}"));
         return Err(FinishError::Internal(format!("writing config.json: {e}")));
     }
+    crate::faults::point("finish.after_config");
     let rt = &session.runtime;
     if let Err(e) = wait_ready(
         &rt.readiness,
@@ -186,7 +188,7 @@ async fn finish(
     .execute(&host.db)
     .await;
     match marked {
-        Ok(r) if r.rows_affected() == 1 => {}
+        Ok(r) if r.rows_affected() == 1 => crate::faults::point("finish.after_running"),
         Ok(_) => return Err(FinishError::Gone("it was ended while starting".into())),
         Err(e) => {
             spawn_teardown(&host, session, format!("marking RUNNING failed: {e}"));

@@ -113,6 +113,7 @@ pub async fn spawn_warm(host: &Arc<Host>) -> Result<Arc<Session>, SpawnError> {
         super::teardown::release(host, &session).await;
         return Err(e.into());
     }
+    crate::faults::point("spawn.after_row");
     Ok(session)
 }
 
@@ -138,6 +139,7 @@ async fn build(
         source,
     })?;
     partial.paths = Some(paths.clone());
+    crate::faults::point("spawn.after_resources");
     if host.uinput_enabled && rt.needs_uinput {
         partial.input = Some(SessionInput::create(id, &paths.sockets)?);
     }
@@ -162,6 +164,7 @@ async fn build(
     };
     let container_id = host.docker.create_and_start(&spec).await?;
     partial.container = Some(container_id.clone());
+    crate::faults::point("spawn.after_container");
     Ok(host.docker.container_ip(&container_id).await?)
 }
 

@@ -32,11 +32,13 @@ pub async fn teardown(host: &Arc<Host>, session: &Arc<Session>, reason: &str) {
     if let Err(error) = marked {
         tracing::warn!(session = %session.id, %error, "could not mark the session DYING; continuing teardown");
     }
+    crate::faults::point("teardown.after_dying");
     if !release(host, session).await {
         // The container may still run: keep its TTY and ports reserved, and
         // let the next resync retry (the row stays DYING).
         return;
     }
+    crate::faults::point("teardown.after_container");
     let deleted = sqlx::query("DELETE FROM sessions WHERE id = $1")
         .bind(session.id)
         .execute(&host.db)
@@ -44,6 +46,7 @@ pub async fn teardown(host: &Arc<Host>, session: &Arc<Session>, reason: &str) {
     if let Err(error) = deleted {
         tracing::error!(session = %session.id, %error, "deleting the session row failed; the next resync removes it");
     }
+    crate::faults::point("teardown.after_delete");
     host.remove_session(session.id);
     host.metrics.teardowns.inc();
     host.refill.notify_one();

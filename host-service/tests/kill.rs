@@ -1,0 +1,307 @@
+//! The kill harness: the daemon dies (abort, as kill -9) at every crash point
+//! of spin-up, claim, json_transport, teardown and drain; a clean restart must
+//! leave no leaked container, directory or row, keep `free_slots` equal to what
+//! the rows say, keep running sessions serving, and finish a drain.
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::os::unix::process::ExitStatusExt;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use host_service::faults::POINTS;
+use support::*;
+use uuid::Uuid;
+
+struct Daemon(Child);
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start(argv: &[String], fault: Option<&str>) -> Daemon {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_host-service"));
+    command
+        .args(&argv[1..])
+        .env("RUST_LOG", "error")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    if let Some(point) = fault {
+        command.env("BERTH_FAULT_POINT", point);
+    }
+    Daemon(command.spawn().expect("starting host-service"))
+}
+
+async fn api(db: &TestDb, host_id: &str) -> Option<(u16, String)> {
+    let row: Option<(Option<i32>, Option<String>, String)> =
+        sqlx::query_as("SELECT api_port, cert_sha256, status::text FROM hosts WHERE id = $1")
+            .bind(host_id)
+            .fetch_optional(&db.pool)
+            .await
+            .ok()?;
+    match row? {
+        (Some(port), Some(cert), status) if status == "ACTIVE" => Some((port as u16, cert)),
+        _ => None,
+    }
+}
+
+/// What Docker, the rows, the directories and the host row must agree on.
+async fn invariants(
+    db: &TestDb,
+    host_id: &str,
+    state_dir: &Path,
+    expect_warm: bool,
+) -> Result<(), String> {
+    let listed = docker(&[
+        "ps",
+        "-a",
+        "--filter",
+        &format!("label=berth.host={host_id}"),
+        "--format",
+        "{{.Label \"berth.session\"}} {{.State}}",
+    ]);
+    let containers: BTreeSet<String> = listed
+        .lines()
+        .filter_map(|l| l.split_whitespace().next().map(str::to_owned))
+        .collect();
+    if let Some(bad) = listed.lines().find(|l| !l.ends_with("running")) {
+        return Err(format!("a container is not running: {bad}"));
+    }
+    let rows: Vec<(Uuid, String)> =
+        sqlx::query_as("SELECT id, status::text FROM sessions WHERE host_id = $1")
+            .bind(host_id)
+            .fetch_all(&db.pool)
+            .await
+            .map_err(|e| e.to_string())?;
+    let row_ids: BTreeSet<String> = rows.iter().map(|(id, _)| id.to_string()).collect();
+    if containers != row_ids {
+        return Err(format!("containers {containers:?} ≠ rows {row_ids:?}"));
+    }
+    if let Some((id, _)) = rows
+        .iter()
+        .find(|(_, s)| s == "DYING" || s == "ALLOCATED" || s == "CONNECTING")
+    {
+        return Err(format!("session {id} is stuck mid-way"));
+    }
+    for dir in ["sessions", "sockets", "logs"] {
+        for entry in std::fs::read_dir(state_dir.join(dir))
+            .map(|r| r.flatten().collect::<Vec<_>>())
+            .unwrap_or_default()
+        {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if !row_ids.contains(&name) {
+                return Err(format!("leaked directory {dir}/{name}"));
+            }
+        }
+    }
+    let (capacity, free): (i32, i32) =
+        sqlx::query_as("SELECT capacity, free_slots FROM hosts WHERE id = $1")
+            .bind(host_id)
+            .fetch_one(&db.pool)
+            .await
+            .map_err(|e| e.to_string())?;
+    let taken = rows.iter().filter(|(_, s)| s != "WAITING").count() as i32;
+    if free != capacity - taken {
+        return Err(format!(
+            "free_slots {free} ≠ capacity {capacity} − {taken} taken"
+        ));
+    }
+    let warm = rows.len() as i32 - taken;
+    if expect_warm && warm != free {
+        return Err(format!("{warm} warm sessions for {free} free slots"));
+    }
+    Ok(())
+}
+
+async fn settle(
+    db: &TestDb,
+    host_id: &str,
+    state_dir: &Path,
+    expect_warm: bool,
+) -> Result<(), String> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        match invariants(db, host_id, state_dir, expect_warm).await {
+            Ok(()) => return Ok(()),
+            Err(e) if Instant::now() > deadline => return Err(e),
+            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    }
+}
+
+/// Runs one crash point; returns what went wrong, if anything.
+async fn crash_at(point: &'static str) -> Result<(), String> {
+    let db = TestDb::new().await;
+    add_runtime(&db, RUNTIME, serde_json::json!({}), 10).await;
+    let host_id = format!("k-{}", &Uuid::new_v4().simple().to_string()[..10]);
+    let state_dir = std::env::temp_dir().join(format!("berth-state-{host_id}"));
+    let argv = host_args(
+        &db,
+        &HostArgs {
+            capacity: 2,
+            ..Default::default()
+        },
+        &host_id,
+        &state_dir,
+    );
+    let mut daemon = start(&argv, Some(point));
+    let group = point.split('.').next().unwrap_or_default();
+
+    // Drive the daemon to the point (spin-up points fire on their own).
+    let mut survivor: Option<(Uuid, u16)> = None;
+    if group != "spawn" {
+        eventually("warm-up", Duration::from_secs(60), || async {
+            count_status(&db.pool, &host_id, "WAITING").await == 2
+        })
+        .await;
+        let (port, cert) = api(&db, &host_id).await.ok_or("host not ACTIVE")?;
+        let client = pinned_client(&cert);
+        let url = |p: &str| format!("https://127.0.0.1:{port}{p}");
+        let (id, token) = allocate(&db.pool, &host_id, "user").await;
+        if group == "teardown" || group == "drain" {
+            let r = client
+                .put(url("/json_transport"))
+                .bearer_auth(&token)
+                .json(&json_transport_body(id, "{}"))
+                .send()
+                .await
+                .map_err(|e| e.to_string())?;
+            let body: serde_json::Value = r.json().await.map_err(|e| e.to_string())?;
+            let host_port = body["ports"][0]["host_port"].as_u64().ok_or("no port")? as u16;
+            if group == "teardown" {
+                let _ = client
+                    .delete(url(&format!("/sessions/{id}")))
+                    .bearer_auth(&token)
+                    .send()
+                    .await;
+            } else {
+                if point == "drain.before_terminating" {
+                    // The drain ends only once its running session does.
+                    sqlx::query("UPDATE sessions SET status = 'DYING' WHERE id = $1")
+                        .bind(id)
+                        .execute(&db.pool)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                } else {
+                    survivor = Some((id, host_port));
+                }
+                sqlx::query("UPDATE hosts SET status = 'DRAINING' WHERE id = $1")
+                    .bind(&host_id)
+                    .execute(&db.pool)
+                    .await
+                    .map_err(|e| e.to_string())?;
+            }
+        } else if group == "finish" {
+            let _ = client
+                .put(url("/json_transport"))
+                .bearer_auth(&token)
+                .json(&json_transport_body(id, "{}"))
+                .send()
+                .await;
+        }
+        // claim: the ALLOCATED hint alone reaches the point.
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = daemon.0.try_wait().map_err(|e| e.to_string())? {
+            break status;
+        }
+        if Instant::now() > deadline {
+            return Err(format!("{point} was never reached"));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    if status.signal() != Some(libc_sigabrt()) {
+        return Err(format!(
+            "{point}: the daemon ended with {status}, not by the crash point"
+        ));
+    }
+    drop(daemon);
+
+    // A clean restart recovers.
+    let restarted = start(&argv, None);
+    let result = if group == "drain" {
+        // The drain resumes: the running session gets the deadline, then the host ends.
+        let served = match survivor {
+            Some((_, host_port)) => {
+                reqwest::get(format!("http://127.0.0.1:{host_port}/config.json"))
+                    .await
+                    .map(|r| r.status().is_success())
+                    .unwrap_or(false)
+            }
+            None => true,
+        };
+        sqlx::query(
+            "UPDATE sessions SET status = 'DYING' WHERE host_id = $1 AND status = 'RUNNING'",
+        )
+        .bind(&host_id)
+        .execute(&db.pool)
+        .await
+        .map_err(|e| e.to_string())?;
+        let mut restarted = restarted;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let exit = loop {
+            if let Some(s) = restarted.0.try_wait().map_err(|e| e.to_string())? {
+                break s;
+            }
+            if Instant::now() > deadline {
+                return Err("the resumed drain did not finish".into());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        let status: String = sqlx::query_scalar("SELECT status::text FROM hosts WHERE id = $1")
+            .bind(&host_id)
+            .fetch_one(&db.pool)
+            .await
+            .map_err(|e| e.to_string())?;
+        let left = docker(&[
+            "ps",
+            "-aq",
+            "--filter",
+            &format!("label=berth.host={host_id}"),
+        ]);
+        if !served {
+            Err("the running session stopped serving across the crash".into())
+        } else if !exit.success() || status != "TERMINATING" || !left.trim().is_empty() {
+            Err(format!(
+                "drain after restart: exit {exit}, host {status}, containers left: {}",
+                left.split_whitespace().count()
+            ))
+        } else {
+            Ok(())
+        }
+    } else {
+        let settled = settle(&db, &host_id, &state_dir, true).await;
+        drop(restarted);
+        settled
+    };
+    remove_host_containers(&host_id);
+    let _ = std::fs::remove_dir_all(&state_dir);
+    db.drop_database().await;
+    result.map_err(|e| format!("{point}: {e}"))
+}
+
+fn libc_sigabrt() -> i32 {
+    nix::sys::signal::Signal::SIGABRT as i32
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_at_any_point_leaks_nothing_and_costs_no_running_session() {
+    let mut failures = vec![];
+    for point in POINTS {
+        if let Err(e) = crash_at(point).await {
+            failures.push(e);
+        }
+    }
+    eprintln!(
+        "kill harness: {} crash points, {} failed",
+        POINTS.len(),
+        failures.len()
+    );
+    assert!(failures.is_empty(), "{failures:#?}");
+}
