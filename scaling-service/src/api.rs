@@ -12,7 +12,7 @@ use serde_json::json;
 use tokio::net::TcpListener;
 use uuid::Uuid;
 
-use crate::assign::{assign, AssignError, AssignRequest, Assigned};
+use crate::assign::{AssignError, AssignRequest, Assigned};
 use crate::auth::AuthError;
 use crate::scaler::Scaler;
 
@@ -142,13 +142,8 @@ async fn post_session(
             ))
         })?
     };
-    let outcome = match tokio::time::timeout(
-        scaler.config.assign_deadline(),
-        assign(&scaler.db, &user, &request),
-    )
-    .await
-    {
-        Ok(outcome) => outcome.map_err(|e| {
+    let outcome = match scaler.assign(&user, &request).await {
+        Some(outcome) => outcome.map_err(|e| {
             if matches!(e, AssignError::NoCapacity) {
                 // Demand the buffer did not meet: let the controllers look now.
                 for region in &request.regions {
@@ -157,7 +152,7 @@ async fn post_session(
             }
             assign_error(e)
         }),
-        Err(_) => Err(ApiError::new(
+        None => Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "ASSIGN_TIMEOUT",
             "the assign did not finish in time; retry",

@@ -128,52 +128,61 @@ pub async fn assign(
             return Ok(again);
         }
     }
-    check_regions_and_runtime(&mut tx, request).await?;
-    let (limit, used): (i32, i64) = sqlx::query_as(
-        "SELECT coalesce((SELECT max_sessions FROM limits WHERE user_id = $1), \
+    // Regions, runtime and the user's limit in one round trip.
+    let (enabled, runtime_exists, limit, used): (Vec<String>, bool, i32, i64) = sqlx::query_as(
+        "SELECT ARRAY(SELECT name FROM regions WHERE name = ANY($2) AND enabled), \
+                EXISTS (SELECT 1 FROM runtimes WHERE name = $3), \
+                coalesce((SELECT max_sessions FROM limits WHERE user_id = $1), \
                          (SELECT max_sessions FROM limits WHERE user_id = '*'), 3), \
                 (SELECT count(*) FROM sessions WHERE user_id = $1 AND status <> 'DYING')",
     )
     .bind(user)
+    .bind(&request.regions)
+    .bind(&request.runtime)
     .fetch_one(&mut *tx)
     .await
-    .map_err(q("checking the user's limit"))?;
+    .map_err(q("checking regions, runtime and the user's limit"))?;
+    if let Some(missing) = request.regions.iter().find(|r| !enabled.contains(r)) {
+        return Err(AssignError::RegionNotEnabled(missing.clone()));
+    }
+    if !runtime_exists {
+        return Err(AssignError::UnknownRuntime(request.runtime.clone()));
+    }
     if used >= i64::from(limit) {
         return Err(AssignError::UserLimit(used));
     }
-    let picked = match pick(&mut tx, request, true).await? {
-        Some(p) => Some(p),
-        // Every candidate host was locked by a concurrent assign: wait for one
-        // rather than report no capacity.
-        None => pick(&mut tx, request, false).await?,
-    };
-    let Some((session_id, host_id)) = picked else {
-        return Err(no_capacity_reason(&mut tx, request).await?);
+    let (session_id, host_id) = match pick(&mut tx, request).await? {
+        Some(picked) => picked,
+        None => return Err(no_capacity_reason(&mut tx, request).await?),
     };
     let token = new_session_token();
-    let took: Option<i32> = sqlx::query_scalar(
-        "UPDATE hosts SET free_slots = free_slots - 1 WHERE id = $1 AND free_slots > 0 AND status = 'ACTIVE' RETURNING free_slots",
-    )
-    .bind(&host_id)
-    .fetch_optional(&mut *tx)
-    .await
-    .map_err(q("taking a free slot"))?;
-    if took.is_none() {
-        return Err(AssignError::NoCapacity);
-    }
-    let host: HostInfo = sqlx::query_as::<_, (String, Option<String>, Option<i32>, Option<String>)>(
-        "UPDATE sessions s SET status = 'ALLOCATED', user_id = $2, client_session_id = $3, token_sha256 = $4, allocated_at = now() \
-         FROM hosts h WHERE s.id = $1 AND h.id = s.host_id \
-         RETURNING h.id, host(h.public_ip), h.api_port, h.cert_sha256",
+    // The slot and the session in one statement: no slot, no allocation.
+    let host: Option<(String, Option<String>, Option<i32>, Option<String>)> = sqlx::query_as(
+        "WITH slot AS (UPDATE hosts SET free_slots = free_slots - 1 \
+                        WHERE id = $5 AND free_slots > 0 AND status = 'ACTIVE' \
+                        RETURNING id, host(public_ip) AS ip, api_port, cert_sha256) \
+         UPDATE sessions s SET status = 'ALLOCATED', user_id = $2, client_session_id = $3, token_sha256 = $4, \
+                allocated_at = now() \
+         FROM slot WHERE s.id = $1 AND s.host_id = slot.id \
+         RETURNING slot.id, slot.ip, slot.api_port, slot.cert_sha256",
     )
     .bind(session_id)
     .bind(user)
     .bind(&request.client_session_id)
     .bind(&token.sha256_hex)
-    .fetch_one(&mut *tx)
+    .bind(&host_id)
+    .fetch_optional(&mut *tx)
     .await
-    .map(|(id, ip, api_port, cert_sha256)| HostInfo { id, ip, api_port, cert_sha256 })
     .map_err(q("allocating the session"))?;
+    let Some((id, ip, api_port, cert_sha256)) = host else {
+        return Err(AssignError::NoCapacity);
+    };
+    let host = HostInfo {
+        id,
+        ip,
+        api_port,
+        cert_sha256,
+    };
     tx.commit().await.map_err(q("committing the assign"))?;
     Ok(Assigned {
         session_id,
@@ -231,61 +240,56 @@ async fn repeat(
     }))
 }
 
-async fn check_regions_and_runtime(
+/// The host: ACTIVE, on its region's CURRENT image (and the client's
+/// commit), with a free slot and a warm session of the runtime; by region
+/// preference, then fullest first. Locking the host row with SKIP LOCKED
+/// spreads concurrent assigns over hosts instead of queueing them all on the
+/// fullest one; only if every candidate is locked does it wait for one.
+async fn pick_host(
     tx: &mut PgConnection,
     request: &AssignRequest,
-) -> Result<(), AssignError> {
-    let enabled: Vec<String> =
-        sqlx::query_scalar("SELECT name FROM regions WHERE name = ANY($1) AND enabled")
-            .bind(&request.regions)
-            .fetch_all(&mut *tx)
-            .await
-            .map_err(q("reading regions"))?;
-    if let Some(missing) = request.regions.iter().find(|r| !enabled.contains(r)) {
-        return Err(AssignError::RegionNotEnabled(missing.clone()));
-    }
-    let runtime_exists: bool =
-        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM runtimes WHERE name = $1)")
-            .bind(&request.runtime)
-            .fetch_one(&mut *tx)
-            .await
-            .map_err(q("reading runtimes"))?;
-    if !runtime_exists {
-        return Err(AssignError::UnknownRuntime(request.runtime.clone()));
-    }
-    Ok(())
+    skip_locked: bool,
+) -> Result<Option<String>, AssignError> {
+    let sql = format!(
+        "SELECT h.id FROM hosts h \
+         JOIN images i ON i.region = h.region AND i.image_id = h.image_id AND i.status = 'CURRENT' \
+         WHERE h.status = 'ACTIVE' AND h.free_slots > 0 AND h.region = ANY($1) AND ($2 = '' OR h.client_sha = $2) \
+           AND EXISTS (SELECT 1 FROM sessions s WHERE s.host_id = h.id AND s.runtime = $3 AND s.status = 'WAITING') \
+         ORDER BY array_position($1, h.region), h.free_slots, h.id \
+         LIMIT 1 FOR UPDATE OF h{}",
+        if skip_locked { " SKIP LOCKED" } else { "" }
+    );
+    sqlx::query_scalar(&sql)
+        .bind(&request.regions)
+        .bind(&request.client_commit)
+        .bind(&request.runtime)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(q("picking a host"))
 }
 
-/// A warm session on an ACTIVE host running its region's CURRENT image (and
-/// the client's commit), by region preference, then fullest host first.
-/// `skip_locked_hosts` spreads concurrent assigns over hosts instead of
-/// queueing them all on the fullest one.
+/// A warm session on the picked host (through the partial index of WAITING sessions).
 async fn pick(
     tx: &mut PgConnection,
     request: &AssignRequest,
-    skip_locked_hosts: bool,
 ) -> Result<Option<(Uuid, String)>, AssignError> {
-    let lock = if skip_locked_hosts {
-        "FOR UPDATE OF s, h SKIP LOCKED"
-    } else {
-        "FOR UPDATE OF s SKIP LOCKED"
-    };
-    let sql = format!(
-        "SELECT s.id, s.host_id FROM sessions s \
-         JOIN hosts h ON h.id = s.host_id \
-         JOIN images i ON i.region = h.region AND i.image_id = h.image_id AND i.status = 'CURRENT' \
-         WHERE s.status = 'WAITING' AND s.runtime = $1 AND h.status = 'ACTIVE' AND h.free_slots > 0 \
-           AND h.region = ANY($2) AND ($3 = '' OR h.client_sha = $3) \
-         ORDER BY array_position($2, h.region), h.free_slots, h.id, s.created_at \
-         LIMIT 1 {lock}"
-    );
-    sqlx::query_as(&sql)
+    for skip_locked in [true, false] {
+        let Some(host) = pick_host(tx, request, skip_locked).await? else {
+            continue;
+        };
+        let session: Option<Uuid> = sqlx::query_scalar(
+            "SELECT id FROM sessions WHERE host_id = $1 AND runtime = $2 AND status = 'WAITING' LIMIT 1 FOR UPDATE SKIP LOCKED",
+        )
+        .bind(&host)
         .bind(&request.runtime)
-        .bind(&request.regions)
-        .bind(&request.client_commit)
         .fetch_optional(&mut *tx)
         .await
-        .map_err(q("picking a warm session"))
+        .map_err(q("picking a warm session"))?;
+        if let Some(session) = session {
+            return Ok(Some((session, host)));
+        }
+    }
+    Ok(None)
 }
 
 /// Tells a client whose build no host runs apart from a plain lack of

@@ -107,6 +107,12 @@ pub struct Config {
     #[arg(long, env = "BERTH_ASSIGN_DEADLINE_MS", default_value_t = 5000, value_parser = clap::value_parser!(u64).range(100..=60_000))]
     pub assign_deadline_ms: u64,
 
+    /// Assign transactions in flight at once; more queue in the process within
+    /// the assign deadline. A few per core: beyond that PostgreSQL spends its
+    /// time switching between them (measured on 2 cores: 8 → 2,280/s, 32 → 1,200/s).
+    #[arg(long, env = "BERTH_ASSIGN_CONCURRENCY", default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub assign_concurrency: u32,
+
     /// Seconds a deploy may take to prepare its buffer before it FAILS.
     #[arg(long, env = "BERTH_DEPLOY_TIMEOUT_SECS", default_value_t = 1800, value_parser = clap::value_parser!(u64).range(1..))]
     pub deploy_timeout_secs: u64,

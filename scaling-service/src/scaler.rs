@@ -9,6 +9,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use uuid::Uuid;
 
+use crate::assign::{assign, AssignError, AssignRequest, Assigned};
 use crate::auth::Authenticator;
 use crate::config::Config;
 use crate::metrics::Metrics;
@@ -29,6 +30,8 @@ pub struct Scaler {
     controllers: Mutex<HashMap<String, mpsc::Sender<()>>>,
     /// Launches this process is making right now; others PENDING are a crash's leftovers.
     launching: Mutex<HashSet<Uuid>>,
+    /// Admission control for assigns (BERTH_ASSIGN_CONCURRENCY).
+    assign_permits: tokio::sync::Semaphore,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -44,7 +47,6 @@ impl Scaler {
         auth: Authenticator,
     ) -> Self {
         Self {
-            config,
             db,
             provider,
             policy,
@@ -54,7 +56,25 @@ impl Scaler {
             tasks: TaskTracker::new(),
             controllers: Mutex::new(HashMap::new()),
             launching: Mutex::new(HashSet::new()),
+            assign_permits: tokio::sync::Semaphore::new(config.assign_concurrency as usize),
+            config,
         }
+    }
+
+    /// An assign as the API runs it: admitted by the concurrency limit and
+    /// bounded by the assign deadline (`None` when the deadline passed).
+    pub async fn assign(
+        &self,
+        user: &str,
+        request: &AssignRequest,
+    ) -> Option<Result<Assigned, AssignError>> {
+        let work = async {
+            let _permit = self.assign_permits.acquire().await.ok();
+            assign(&self.db, user, request).await
+        };
+        tokio::time::timeout(self.config.assign_deadline(), work)
+            .await
+            .ok()
     }
 
     pub fn wake(&self, region: &str) {
