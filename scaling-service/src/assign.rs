@@ -22,7 +22,7 @@ pub struct AssignRequest {
     pub client_session_id: Option<String>,
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, sqlx::FromRow)]
 pub struct HostInfo {
     pub id: String,
     pub ip: Option<String>,
@@ -157,7 +157,7 @@ pub async fn assign(
     };
     let token = new_session_token();
     // The slot and the session in one statement: no slot, no allocation.
-    let host: Option<(String, Option<String>, Option<i32>, Option<String>)> = sqlx::query_as(
+    let host: Option<HostInfo> = sqlx::query_as(
         "WITH slot AS (UPDATE hosts SET free_slots = free_slots - 1 \
                         WHERE id = $5 AND free_slots > 0 AND status = 'ACTIVE' \
                         RETURNING id, host(public_ip) AS ip, api_port, cert_sha256) \
@@ -174,14 +174,8 @@ pub async fn assign(
     .fetch_optional(&mut *tx)
     .await
     .map_err(q("allocating the session"))?;
-    let Some((id, ip, api_port, cert_sha256)) = host else {
+    let Some(host) = host else {
         return Err(AssignError::NoCapacity);
-    };
-    let host = HostInfo {
-        id,
-        ip,
-        api_port,
-        cert_sha256,
     };
     tx.commit().await.map_err(q("committing the assign"))?;
     Ok(Assigned {
