@@ -106,12 +106,36 @@ struct Existing {
 
 const HOST_COLUMNS: &str = "h.id AS host_id, host(h.public_ip) AS ip, h.api_port, h.cert_sha256";
 
+/// Transactions PostgreSQL aborted to break a deadlock or a serialization
+/// conflict are safe to run again; this many attempts at most.
+const ATTEMPTS: usize = 3;
+
 pub async fn assign(
     db: &PgPool,
     user: &str,
     request: &AssignRequest,
 ) -> Result<Assigned, AssignError> {
     request.validate()?;
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        match assign_once(db, user, request).await {
+            Err(AssignError::Db(DbError::Query {
+                source: sqlx::Error::Database(e),
+                ..
+            })) if attempt < ATTEMPTS && matches!(e.code().as_deref(), Some("40P01" | "40001")) => {
+                tracing::debug!(attempt, code = ?e.code(), "assign transaction aborted by PostgreSQL; retrying");
+            }
+            other => return other,
+        }
+    }
+}
+
+async fn assign_once(
+    db: &PgPool,
+    user: &str,
+    request: &AssignRequest,
+) -> Result<Assigned, AssignError> {
     let mut tx = db.begin().await.map_err(q("starting an assign"))?;
     // One assign per user at a time: the limit and idempotency checks below
     // would race otherwise. Other users are not affected.
@@ -235,40 +259,54 @@ async fn repeat(
 }
 
 /// The host: ACTIVE, on its region's CURRENT image (and the client's
-/// commit), with a free slot and a warm session of the runtime; by region
-/// preference, then fullest first. Locking the host row with SKIP LOCKED
-/// spreads concurrent assigns over hosts instead of queueing them all on the
-/// fullest one; only if every candidate is locked does it wait for one.
+/// commit), with a free slot and a warm session of the runtime, not in
+/// `tried`; by region preference, then fullest first. Locking the host row
+/// with SKIP LOCKED spreads concurrent assigns over hosts instead of queueing
+/// them all on the fullest one.
 async fn pick_host(
     tx: &mut PgConnection,
     request: &AssignRequest,
-    skip_locked: bool,
+    tried: &[String],
 ) -> Result<Option<String>, AssignError> {
-    let sql = format!(
-        "SELECT h.id FROM hosts h \
+    let sql =         "SELECT h.id FROM hosts h \
          JOIN images i ON i.region = h.region AND i.image_id = h.image_id AND i.status = 'CURRENT' \
          WHERE h.status = 'ACTIVE' AND h.free_slots > 0 AND h.region = ANY($1) AND ($2 = '' OR h.client_sha = $2) \
+           AND NOT (h.id = ANY($4)) \
            AND EXISTS (SELECT 1 FROM sessions s WHERE s.host_id = h.id AND s.runtime = $3 AND s.status = 'WAITING') \
          ORDER BY array_position($1, h.region), h.free_slots, h.id \
-         LIMIT 1 FOR UPDATE OF h{}",
-        if skip_locked { " SKIP LOCKED" } else { "" }
-    );
-    sqlx::query_scalar(&sql)
+         LIMIT 1 FOR UPDATE OF h SKIP LOCKED";
+    sqlx::query_scalar(sql)
         .bind(&request.regions)
         .bind(&request.client_commit)
         .bind(&request.runtime)
+        .bind(tried)
         .fetch_optional(&mut *tx)
         .await
         .map_err(q("picking a host"))
 }
 
-/// A warm session on the picked host (through the partial index of WAITING sessions).
+/// Most hosts one assign looks at before answering NO_CAPACITY.
+const MAX_HOSTS_TRIED: usize = 8;
+
+/// A warm session on a picked host (through the partial index of WAITING
+/// sessions). A host can lose its last warm session between the pick's
+/// snapshot and its lock; then the next host is tried. Host locks are only
+/// ever taken with SKIP LOCKED — a waiting lock while holding another could
+/// deadlock — so when every candidate is locked by concurrent assigns, it backs
+/// off briefly and looks again (bounded by the assign deadline above it).
 async fn pick(
     tx: &mut PgConnection,
     request: &AssignRequest,
 ) -> Result<Option<(Uuid, String)>, AssignError> {
-    for skip_locked in [true, false] {
-        let Some(host) = pick_host(tx, request, skip_locked).await? else {
+    let mut tried: Vec<String> = vec![];
+    let mut pause = std::time::Duration::from_millis(1);
+    while tried.len() < MAX_HOSTS_TRIED {
+        let Some(host) = pick_host(tx, request, &tried).await? else {
+            if !tried.is_empty() || pause > MAX_PICK_PAUSE || !any_candidate(tx, request).await? {
+                return Ok(None);
+            }
+            tokio::time::sleep(pause).await;
+            pause *= 2;
             continue;
         };
         let session: Option<Uuid> = sqlx::query_scalar(
@@ -279,11 +317,34 @@ async fn pick(
         .fetch_optional(&mut *tx)
         .await
         .map_err(q("picking a warm session"))?;
-        if let Some(session) = session {
-            return Ok(Some((session, host)));
+        match session {
+            Some(session) => return Ok(Some((session, host))),
+            None => tried.push(host),
         }
     }
     Ok(None)
+}
+
+/// Back-off for a fully locked candidate set: 1, 2, 4 … 32 ms.
+const MAX_PICK_PAUSE: std::time::Duration = std::time::Duration::from_millis(32);
+
+/// Whether any host would qualify if none were locked (no lock taken).
+async fn any_candidate(
+    tx: &mut PgConnection,
+    request: &AssignRequest,
+) -> Result<bool, AssignError> {
+    sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM hosts h \
+         JOIN images i ON i.region = h.region AND i.image_id = h.image_id AND i.status = 'CURRENT' \
+         WHERE h.status = 'ACTIVE' AND h.free_slots > 0 AND h.region = ANY($1) AND ($2 = '' OR h.client_sha = $2) \
+           AND EXISTS (SELECT 1 FROM sessions s WHERE s.host_id = h.id AND s.runtime = $3 AND s.status = 'WAITING'))",
+    )
+    .bind(&request.regions)
+    .bind(&request.client_commit)
+    .bind(&request.runtime)
+    .fetch_one(&mut *tx)
+    .await
+    .map_err(q("looking for candidate hosts"))
 }
 
 /// Tells a client whose build no host runs apart from a plain lack of
