@@ -48,7 +48,8 @@ impl std::str::FromStr for SessionId {
 }
 
 /// A host's id: the EC2 instance id (or a local name). Restricted to
-/// `[A-Za-z0-9_.-]{1,48}` so it is safe in NOTIFY channel names, labels and paths.
+/// `[A-Za-z0-9][A-Za-z0-9_.-]{0,47}` so it is safe in NOTIFY channel names,
+/// labels and paths.
 #[derive(
     Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, sqlx::Type,
 )]
@@ -57,14 +58,15 @@ impl std::str::FromStr for SessionId {
 pub struct HostId(String);
 
 #[derive(Debug, thiserror::Error)]
-#[error("invalid host id {0:?}: use 1 to 48 characters from [A-Za-z0-9_.-] (an EC2 instance id such as i-0abc123 fits)")]
+#[error("invalid host id {0:?}: use 1 to 48 characters from [A-Za-z0-9_.-], starting with a letter or digit (an EC2 instance id such as i-0abc123 fits)")]
 pub struct InvalidHostId(String);
 
 impl HostId {
     pub fn parse(s: impl Into<String>) -> Result<Self, InvalidHostId> {
         let s = s.into();
-        let ok = !s.is_empty()
-            && s.len() <= 48
+        // First a letter or digit: no ".", "..", "-flag" or hidden names.
+        let ok = s.len() <= 48
+            && s.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
             && s.bytes()
                 .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
         if ok {
@@ -190,7 +192,19 @@ mod tests {
     fn host_ids_are_restricted_to_safe_characters() {
         assert!(HostId::parse("i-0123456789abcdef0").is_ok());
         assert!(HostId::parse("local-1.a_b").is_ok());
-        for bad in ["", "../etc", "a/b", "a b", "x;DROP", &"a".repeat(49), "é"] {
+        for bad in [
+            "",
+            ".",
+            "..",
+            "-rf",
+            ".hidden",
+            "../etc",
+            "a/b",
+            "a b",
+            "x;DROP",
+            &"a".repeat(49),
+            "é",
+        ] {
             assert!(HostId::parse(bad).is_err(), "{bad:?} must be refused");
         }
     }

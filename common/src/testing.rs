@@ -62,3 +62,20 @@ impl TestDb {
         }
     }
 }
+
+/// Polls `condition` until it holds, failing the test after `timeout`. For
+/// conditions no event announces (a row's state, a container's presence).
+pub async fn eventually<F, Fut>(what: &str, timeout: std::time::Duration, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let started = std::time::Instant::now();
+    while !condition().await {
+        assert!(
+            started.elapsed() < timeout,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}

@@ -72,6 +72,12 @@ async fn statuses_outside_the_vocabulary_are_refused(pool: PgPool) {
         bad.is_err(),
         "a host status outside the enum must be refused"
     );
+    let dots = sqlx::query(
+        "INSERT INTO hosts (id, region, image_id, instance_type, capacity, free_slots) VALUES ('..', 'r', 'a', 't', 1, 1)",
+    )
+    .execute(&pool)
+    .await;
+    assert!(dots.is_err(), "a host id must start with a letter or digit");
     let over = sqlx::query("UPDATE hosts SET free_slots = 3 WHERE id = 'i-1'")
         .execute(&pool)
         .await;

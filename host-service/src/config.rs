@@ -137,6 +137,10 @@ pub struct Config {
     )]
     pub cap_add: Vec<String>,
 
+    /// Seconds between full re-reads of this host's rows (besides every reconnect).
+    #[arg(long, env = "BERTH_RESYNC_SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub resync_secs: u64,
+
     /// Most warm containers created at the same time while refilling the pool.
     #[arg(long, env = "BERTH_WARM_CONCURRENCY", default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
     pub warm_concurrency: u16,
@@ -152,6 +156,9 @@ pub enum UinputMode {
 impl Config {
     pub fn heartbeat_period(&self) -> Duration {
         Duration::from_secs(self.heartbeat_secs)
+    }
+    pub fn resync_period(&self) -> Duration {
+        Duration::from_secs(self.resync_secs)
     }
     pub fn client_timeout(&self) -> Duration {
         Duration::from_secs(self.client_timeout_secs)

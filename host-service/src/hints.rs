@@ -35,10 +35,15 @@ pub async fn run(host: Arc<Host>) {
             }
         }
     };
+    // Hints can be lost and repairs can fail (Docker away): re-read the rows
+    // now and then even when nothing is heard.
+    let mut periodic = tokio::time::interval(host.config.resync_period());
+    periodic.tick().await;
     loop {
         let hint = tokio::select! {
             _ = host.stop.cancelled() => return,
             hint = listener.recv() => hint,
+            _ = periodic.tick() => Hint::Resync,
         };
         match hint {
             Hint::Resync => resync(&host).await,

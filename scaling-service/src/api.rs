@@ -97,6 +97,34 @@ struct WhistAssign {
     runtime: Option<String>,
 }
 
+/// An assign body, Berth's or Whist's, validated. Anything else is a 400.
+pub fn parse_assign(body: &[u8], whist: bool) -> Result<AssignRequest, ApiError> {
+    let request = if whist {
+        let w: WhistAssign = serde_json::from_slice(body)
+            .map_err(|e| ApiError::bad_request(format!("malformed assign body: {e}")))?;
+        AssignRequest {
+            runtime: w.runtime.unwrap_or_else(|| "desktop".to_owned()),
+            regions: w.regions,
+            client_commit: w.client_commit_hash,
+            client_session_id: w.session_id.map(|v| {
+                v.as_str()
+                    .map(str::to_owned)
+                    .unwrap_or_else(|| v.to_string())
+            }),
+        }
+    } else {
+        serde_json::from_slice(body).map_err(|e| {
+            ApiError::bad_request(format!(
+                "expected {{\"runtime\", \"regions\": [..], \"client_commit\", \"client_session_id\"}}: {e}"
+            ))
+        })?
+    };
+    request
+        .validate()
+        .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    Ok(request)
+}
+
 fn assign_error(e: AssignError) -> ApiError {
     let (status, code) = match &e {
         AssignError::BadRequest(_) => (StatusCode::BAD_REQUEST, "BAD_REQUEST"),
@@ -122,26 +150,7 @@ async fn post_session(
     let started = Instant::now();
     let user = user(scaler, &req).await?;
     let body = read_body(req, scaler.config.max_body_bytes, BODY_TIMEOUT).await?;
-    let request: AssignRequest = if whist {
-        let w: WhistAssign = serde_json::from_slice(&body)
-            .map_err(|e| ApiError::bad_request(format!("malformed assign body: {e}")))?;
-        AssignRequest {
-            runtime: w.runtime.unwrap_or_else(|| "desktop".to_owned()),
-            regions: w.regions,
-            client_commit: w.client_commit_hash,
-            client_session_id: w.session_id.map(|v| {
-                v.as_str()
-                    .map(str::to_owned)
-                    .unwrap_or_else(|| v.to_string())
-            }),
-        }
-    } else {
-        serde_json::from_slice(&body).map_err(|e| {
-            ApiError::bad_request(format!(
-                "expected {{\"runtime\", \"regions\": [..], \"client_commit\", \"client_session_id\"}}: {e}"
-            ))
-        })?
-    };
+    let request = parse_assign(&body, whist)?;
     let outcome = match scaler.assign(&user, &request).await {
         Some(outcome) => outcome.map_err(|e| {
             if matches!(e, AssignError::NoCapacity) {

@@ -65,7 +65,7 @@ pub enum AssignError {
 }
 
 impl AssignRequest {
-    fn validate(&self) -> Result<(), AssignError> {
+    pub fn validate(&self) -> Result<(), AssignError> {
         let bad = |m: &str| Err(AssignError::BadRequest(m.to_owned()));
         if self.runtime.is_empty() || self.runtime.len() > 63 {
             return bad("runtime must be 1 to 63 characters");

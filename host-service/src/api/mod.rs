@@ -14,6 +14,7 @@ use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
 pub use berth_common::http::ApiError;
+pub use routes::parse_json_transport;
 
 use crate::host::Host;
 

@@ -75,14 +75,13 @@ struct JsonTransport {
     json_data: String,
 }
 
-async fn json_transport(
-    host: &Arc<Host>,
-    req: Request<Incoming>,
-) -> Result<HttpResponse, ApiError> {
-    let token = bearer(&req)?;
-    let body = read_body(req, host.config.max_body_bytes, BODY_TIMEOUT).await?;
-    let request: JsonTransport = serde_json::from_slice(&body).map_err(|e| {
-        ApiError::bad_request(format!("expected {{\"session_id\": \"<uuid>\", \"json_data\": \"<JSON object as a string>\"}}: {e}"))
+/// The json_transport body: a canonical session id and a string holding a
+/// JSON object (kept byte for byte). Anything else is a 400.
+pub fn parse_json_transport(body: &[u8]) -> Result<(SessionId, String), ApiError> {
+    let request: JsonTransport = serde_json::from_slice(body).map_err(|e| {
+        ApiError::bad_request(format!(
+            "expected {{\"session_id\": \"<uuid>\", \"json_data\": \"<JSON object as a string>\"}}: {e}"
+        ))
     })?;
     let id: SessionId = request
         .session_id
@@ -95,7 +94,17 @@ async fn json_transport(
             "json_data must hold a JSON object, not another JSON value",
         ));
     }
-    let ports = finish::json_transport(host, id, &token, request.json_data)
+    Ok((id, request.json_data))
+}
+
+async fn json_transport(
+    host: &Arc<Host>,
+    req: Request<Incoming>,
+) -> Result<HttpResponse, ApiError> {
+    let token = bearer(&req)?;
+    let body = read_body(req, host.config.max_body_bytes, BODY_TIMEOUT).await?;
+    let (id, json_data) = parse_json_transport(&body)?;
+    let ports = finish::json_transport(host, id, &token, json_data)
         .await
         .map_err(|e| {
             let (status, code) = match &e {

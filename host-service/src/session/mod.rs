@@ -74,6 +74,9 @@ pub struct Session {
     /// Serializes claims (the ALLOCATED hint and an early json_transport can
     /// race), so a loser sees the winner's phase, not a stale WAITING.
     pub claim_lock: tokio::sync::Mutex<()>,
+    /// A teardown is running now. Cleared when one fails, so a later resync
+    /// can retry it (the phase stays DYING either way).
+    pub tearing_down: std::sync::atomic::AtomicBool,
 }
 
 impl Session {
@@ -101,6 +104,7 @@ impl Session {
             input: Mutex::new(input),
             phase: Mutex::new(phase),
             claim_lock: tokio::sync::Mutex::new(()),
+            tearing_down: std::sync::atomic::AtomicBool::new(false),
         }
     }
 

@@ -3,6 +3,7 @@
 //! slot. Idempotent: only the first caller works, later ones return at once,
 //! and every step tolerates "already gone".
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,11 +15,11 @@ use crate::host::Host;
 const DOCKER_ATTEMPTS: u32 = 3;
 
 pub async fn teardown(host: &Arc<Host>, session: &Arc<Session>, reason: &str) {
+    if session.tearing_down.swap(true, Ordering::SeqCst) {
+        return;
+    }
     {
         let mut phase = session.phase();
-        if matches!(*phase, Phase::Dying(_)) {
-            return;
-        }
         let owner = phase.owner().cloned();
         *phase = Phase::Dying(owner);
     }
@@ -36,6 +37,7 @@ pub async fn teardown(host: &Arc<Host>, session: &Arc<Session>, reason: &str) {
     if !release(host, session).await {
         // The container may still run: keep its TTY and ports reserved, and
         // let the next resync retry (the row stays DYING).
+        session.tearing_down.store(false, Ordering::SeqCst);
         return;
     }
     crate::faults::point("teardown.after_container");

@@ -5,13 +5,12 @@
 
 #![allow(dead_code)]
 
-use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::Command;
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use berth_common::auth::new_session_token;
 use berth_common::{db, tls};
@@ -28,7 +27,7 @@ pub fn test_image() -> String {
     std::env::var("BERTH_TEST_IMAGE").unwrap_or_else(|_| "berth-test-app:1".to_owned())
 }
 
-pub use berth_common::testing::TestDb;
+pub use berth_common::testing::{eventually, TestDb};
 
 /// Adds the test runtime (the locally built app image) to a test database.
 pub async fn add_runtime(db: &TestDb, name: &str, env: serde_json::Value, ready_timeout_s: i32) {
@@ -194,22 +193,6 @@ pub fn docker_status(args: &[&str]) -> (bool, Vec<u8>) {
         .output()
         .expect("running the docker CLI");
     (out.status.success(), out.stdout)
-}
-
-/// Polls `condition` until true, failing the test after `timeout`.
-pub async fn eventually<F, Fut>(what: &str, timeout: Duration, mut condition: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let started = Instant::now();
-    while !condition().await {
-        assert!(
-            started.elapsed() < timeout,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 pub async fn count_status(pool: &PgPool, host_id: &str, status: &str) -> i64 {

@@ -7,9 +7,10 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
-pub use berth_common::testing::TestDb;
+// Not every test binary uses every helper.
+#[allow(unused_imports)]
+pub use berth_common::testing::{eventually, TestDb};
 use clap::Parser;
 use futures_util::future::BoxFuture;
 use scaling_service::config::Cli;
@@ -167,21 +168,6 @@ pub async fn live_cloud(provider: &dyn Provider, env: &str) -> Vec<CloudInstance
         .into_iter()
         .filter(|i| !i.state.is_gone())
         .collect()
-}
-
-pub async fn eventually<F, Fut>(what: &str, timeout: Duration, mut condition: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let started = Instant::now();
-    while !condition().await {
-        assert!(
-            started.elapsed() < timeout,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 /// A user JWT signed with the test secret.

@@ -1,0 +1,112 @@
+//! PostgreSQL restarted under a running daemon. The only test in its binary:
+//! cargo runs test binaries one at a time, so restarting the shared server
+//! disturbs nobody else. Needs root and a Debian cluster (scripts/setup).
+
+mod support;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use support::*;
+
+/// `pg_ctlcluster <version> <name> restart` for the cluster on DATABASE_URL's port.
+fn restart_postgres() -> bool {
+    let port = std::env::var("DATABASE_URL").ok().and_then(|u| {
+        u.rsplit_once(':')
+            .map(|(_, rest)| rest.split('/').next().unwrap_or("").to_owned())
+    });
+    let Ok(listed) = Command::new("pg_lsclusters").arg("-h").output() else {
+        return false;
+    };
+    let clusters = String::from_utf8_lossy(&listed.stdout).into_owned();
+    let Some(cluster) = clusters
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .find(|c| c.get(2).map(|p| p.to_string()) == port)
+    else {
+        return false;
+    };
+    Command::new("pg_ctlcluster")
+        .args([cluster[0], cluster[1], "restart"])
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_postgres_restart_loses_no_allocation_and_heartbeats_resume() {
+    if Command::new("pg_lsclusters").arg("-h").output().is_err() {
+        eprintln!("SKIPPED a_postgres_restart_loses_no_allocation_and_heartbeats_resume: no pg_lsclusters (Debian's postgresql-common); run scripts/test");
+        return;
+    }
+    let db = TestDb::new().await;
+    add_runtime(&db, RUNTIME, serde_json::json!({}), 10).await;
+    let th = start_host(
+        &db,
+        HostArgs {
+            capacity: 2,
+            extra: vec!["--heartbeat-secs".into(), "1".into()],
+            ..Default::default()
+        },
+    )
+    .await;
+    wait_warm(&db, &th, 2).await;
+
+    assert!(
+        restart_postgres(),
+        "restarting the PostgreSQL cluster failed"
+    );
+    // Allocate the moment the server is back, while the daemon's LISTEN
+    // connection is still reconnecting: its notification is likely lost, and
+    // only the resync after the reconnect can find the allocation.
+    let started = Instant::now();
+    let (id, token) = loop {
+        match tokio::time::timeout(
+            Duration::from_secs(2),
+            sqlx::query("SELECT 1").execute(&db.pool),
+        )
+        .await
+        {
+            Ok(Ok(_)) => break allocate(&db.pool, &th.host_id, "after-restart").await,
+            _ if started.elapsed() > Duration::from_secs(60) => {
+                panic!("PostgreSQL did not come back within 60 s")
+            }
+            _ => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    };
+    eventually(
+        "the allocation made during the reconnect to be claimed",
+        Duration::from_secs(30),
+        || async { session_status(&db.pool, id).await.as_deref() == Some("CONNECTING") },
+    )
+    .await;
+    let before: chrono::DateTime<chrono::Utc> =
+        sqlx::query_scalar("SELECT last_heartbeat_at FROM hosts WHERE id = $1")
+            .bind(&th.host_id)
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    eventually("heartbeats to resume", Duration::from_secs(10), || async {
+        let now: chrono::DateTime<chrono::Utc> =
+            sqlx::query_scalar("SELECT last_heartbeat_at FROM hosts WHERE id = $1")
+                .bind(&th.host_id)
+                .fetch_one(&db.pool)
+                .await
+                .unwrap();
+        now > before
+    })
+    .await;
+    let response = th
+        .client()
+        .put(th.url("/json_transport"))
+        .bearer_auth(&token)
+        .json(&json_transport_body(id, "{}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200, "the daemon's pool works again");
+    assert_eq!(
+        session_status(&db.pool, id).await.as_deref(),
+        Some("RUNNING")
+    );
+    th.cleanup().await;
+}
