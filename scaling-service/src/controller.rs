@@ -156,7 +156,7 @@ pub async fn pass(scaler: &Scaler, region_name: &str) -> Result<(), StateError> 
     let env = &scaler.config.common.environment;
     match scaler.provider.describe(region_name, env).await {
         Ok(cloud) => {
-            launch::resolve_pending(scaler, region_name, &cloud).await?;
+            launch::resolve_pending(scaler, &region, &cloud).await?;
             sweeps::orphans(scaler, region_name, &cloud).await?;
         }
         Err(error) => {

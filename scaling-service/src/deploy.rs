@@ -159,6 +159,7 @@ pub async fn step(
                 if count > 0 {
                     launch::launch(scaler, region, &deploy.image_id, &deploy.client_sha, count)
                         .await?;
+                    crate::faults::point("deploy.after_buffer");
                 }
             }
         }
@@ -171,6 +172,7 @@ pub async fn step(
 }
 
 async fn swap(db: &PgPool, region: &str, deploy: &Deploy) -> Result<(), DbError> {
+    crate::faults::point("deploy.before_swap");
     let mut tx = db
         .begin()
         .await

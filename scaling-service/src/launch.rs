@@ -2,19 +2,12 @@
 //! cloud is called, so a crash at any point leaves something the next pass can
 //! finish — and in-flight launches count against `max_hosts` until resolved.
 
-use std::time::Duration;
-
 use berth_common::db::DbError;
-use chrono::Utc;
 use uuid::Uuid;
 
 use crate::provider::{tags, CloudInstance, LaunchRequest, LaunchedInstance, ProviderError};
 use crate::scaler::Scaler;
 use crate::state::{self, RegionRow, StateError};
-
-/// A PENDING launch nobody is working on, older than this and with no
-/// instances in the cloud, failed (the cloud lists new instances within seconds).
-const ORPHANED_LAUNCH_AGE: Duration = Duration::from_secs(60);
 
 pub async fn launch(
     scaler: &Scaler,
@@ -52,6 +45,21 @@ async fn launch_tracked(
         .execute(&scaler.db)
         .await
         .map_err(DbError::query("recording a launch"))?;
+    crate::faults::point("launch.after_row");
+    call_provider(scaler, region, launch_id, image_id, client_sha, count).await
+}
+
+/// Calls the cloud for a recorded launch and records the outcome. Running it
+/// again for the same launch is safe: the client tokens derive from the launch
+/// id, so EC2 returns the instances a first call made instead of new ones.
+async fn call_provider(
+    scaler: &Scaler,
+    region: &RegionRow,
+    launch_id: Uuid,
+    image_id: &str,
+    client_sha: &str,
+    count: i32,
+) -> Result<(), StateError> {
     let env = &scaler.config.common.environment;
     let request = LaunchRequest {
         launch_id,
@@ -77,6 +85,7 @@ async fn launch_tracked(
     tracing::info!(region = region.name, %launch_id, count, image_id, "launching hosts");
     match scaler.provider.launch(&request).await {
         Ok(instances) => {
+            crate::faults::point("launch.after_run");
             record_instances(
                 scaler,
                 &region.name,
@@ -86,6 +95,7 @@ async fn launch_tracked(
                 &instances,
             )
             .await?;
+            crate::faults::point("launch.after_record");
             scaler.metrics.launches.inc_by(instances.len() as u64);
             Ok(())
         }
@@ -173,23 +183,32 @@ async fn record_instances(
 }
 
 /// Finishes PENDING launches left by a crash: their instances (found by the
-/// launch-id tag) become host rows; with none after a minute, they failed.
+/// launch-id tag) become host rows; a launch with none is issued again with
+/// its original client tokens, which cannot double it on EC2.
 pub async fn resolve_pending(
     scaler: &Scaler,
-    region: &str,
+    region: &RegionRow,
     cloud: &[CloudInstance],
 ) -> Result<(), StateError> {
-    let pending: Vec<(Uuid, String, chrono::DateTime<Utc>)> = sqlx::query_as(
-        "SELECT id, image_id, created_at FROM launches WHERE region = $1 AND state = 'PENDING'",
+    let pending: Vec<(Uuid, String, i32)> = sqlx::query_as(
+        "SELECT id, image_id, count FROM launches WHERE region = $1 AND state = 'PENDING'",
     )
-    .bind(region)
+    .bind(&region.name)
     .fetch_all(&scaler.db)
     .await
     .map_err(DbError::query("reading pending launches"))?;
-    for (launch_id, image_id, created_at) in pending {
+    for (launch_id, image_id, count) in pending {
         if scaler.is_launching(launch_id) {
             continue;
         }
+        let client_sha: String =
+            sqlx::query_scalar("SELECT client_sha FROM images WHERE region = $1 AND image_id = $2")
+                .bind(&region.name)
+                .bind(&image_id)
+                .fetch_optional(&scaler.db)
+                .await
+                .map_err(DbError::query("reading an image"))?
+                .unwrap_or_default();
         let found: Vec<LaunchedInstance> = cloud
             .iter()
             .filter(|i| i.launch_id == Some(launch_id) && !i.state.is_gone())
@@ -200,26 +219,24 @@ pub async fn resolve_pending(
                 public_ip: None,
             })
             .collect();
-        if !found.is_empty() {
-            let client_sha: String = sqlx::query_scalar(
-                "SELECT client_sha FROM images WHERE region = $1 AND image_id = $2",
-            )
-            .bind(region)
-            .bind(&image_id)
-            .fetch_optional(&scaler.db)
-            .await
-            .map_err(DbError::query("reading an image"))?
-            .unwrap_or_default();
+        if found.is_empty() {
+            tracing::warn!(%launch_id, "re-issuing a launch interrupted before any instance was listed");
+            scaler.begin_launch(launch_id);
+            let result =
+                call_provider(scaler, region, launch_id, &image_id, &client_sha, count).await;
+            scaler.end_launch(launch_id);
+            result?;
+        } else {
             tracing::warn!(%launch_id, instances = found.len(), "resolving a launch interrupted by a crash");
-            record_instances(scaler, region, launch_id, &image_id, &client_sha, &found).await?;
-        } else if Utc::now() - created_at
-            > chrono::Duration::from_std(ORPHANED_LAUNCH_AGE).unwrap_or_default()
-        {
-            sqlx::query("UPDATE launches SET state = 'FAILED', error = 'interrupted before any instance existed' WHERE id = $1 AND state = 'PENDING'")
-                .bind(launch_id)
-                .execute(&scaler.db)
-                .await
-                .map_err(DbError::query("failing an interrupted launch"))?;
+            record_instances(
+                scaler,
+                &region.name,
+                launch_id,
+                &image_id,
+                &client_sha,
+                &found,
+            )
+            .await?;
         }
     }
     Ok(())

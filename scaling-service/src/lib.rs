@@ -8,6 +8,7 @@ pub mod auth;
 pub mod config;
 pub mod controller;
 pub mod deploy;
+pub mod faults;
 pub mod launch;
 pub mod metrics;
 pub mod policy;

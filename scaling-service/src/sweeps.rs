@@ -84,6 +84,7 @@ pub async fn terminate_and_verify(scaler: &Scaler, region: &str) -> Result<(), D
         return Ok(());
     }
     scaler.metrics.terminations.inc_by(ids.len() as u64);
+    crate::faults::point("sweep.after_terminate");
     let cloud = match scaler
         .provider
         .describe(region, &scaler.config.common.environment)
