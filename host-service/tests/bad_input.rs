@@ -52,18 +52,7 @@ fn walk(dir: &std::path::Path) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_bad_request_is_refused_and_changes_nothing() {
-    let db = TestDb::new().await;
-    add_runtime(&db, RUNTIME, serde_json::json!({}), 10).await;
-    let th = start_host(
-        &db,
-        HostArgs {
-            capacity: 3,
-            extra: vec!["--max-body-bytes".into(), "4096".into()],
-            ..Default::default()
-        },
-    )
-    .await;
-    wait_warm(&db, &th, 3).await;
+    let (db, th) = warm_host(3, &["--max-body-bytes", "4096"]).await;
     let (id, token) = allocate(&db.pool, &th.host_id, "owner").await;
     let (other_id, other_token) = allocate(&db.pool, &th.host_id, "someone-else").await;
     for s in [id, other_id] {
@@ -261,17 +250,7 @@ async fn every_bad_request_is_refused_and_changes_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_faster_than_the_allocation_hint_is_served() {
-    let db = TestDb::new().await;
-    add_runtime(&db, RUNTIME, serde_json::json!({}), 10).await;
-    let th = start_host(
-        &db,
-        HostArgs {
-            capacity: 1,
-            ..Default::default()
-        },
-    )
-    .await;
-    wait_warm(&db, &th, 1).await;
+    let (db, th) = warm_host(1, &[]).await;
     let (id, token) = allocate(&db.pool, &th.host_id, "quick").await;
     // No wait for CONNECTING: json_transport claims the session itself.
     let response = th

@@ -14,17 +14,7 @@ async fn a_session_container_gets_its_tty_and_can_use_it() {
         eprintln!("SKIPPED a_session_container_gets_its_tty_and_can_use_it: no /dev/tty10 on this machine");
         return;
     }
-    let db = TestDb::new().await;
-    add_runtime(&db, RUNTIME, serde_json::json!({}), 10).await;
-    let th = start_host(
-        &db,
-        HostArgs {
-            capacity: 1,
-            ..Default::default()
-        },
-    )
-    .await;
-    wait_warm(&db, &th, 1).await;
+    let (_db, th) = warm_host(1, &[]).await;
     let session = th.host.sessions().pop().unwrap();
     let tty = session.tty.expect("the runtime needs a TTY");
     let container = format!("berth-{}", session.id);

@@ -69,18 +69,7 @@ impl DockerProxy {
 async fn a_docker_outage_is_reported_sessions_are_kept_and_everything_recovers() {
     let proxy = DockerProxy::start();
     std::env::set_var("DOCKER_HOST", format!("unix://{}", proxy.path.display()));
-    let db = TestDb::new().await;
-    add_runtime(&db, RUNTIME, serde_json::json!({}), 10).await;
-    let th = start_host(
-        &db,
-        HostArgs {
-            capacity: 3,
-            extra: vec!["--resync-secs".into(), "1".into()],
-            ..Default::default()
-        },
-    )
-    .await;
-    wait_warm(&db, &th, 3).await;
+    let (db, th) = warm_host(3, &["--resync-secs", "1"]).await;
     let (running, running_token) = allocate(&db.pool, &th.host_id, "a").await;
     let r = th
         .client()

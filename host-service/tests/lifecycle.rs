@@ -143,18 +143,7 @@ fn berth_host_tty_free(th: &TestHost, tty: u8) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn twenty_sessions_at_once_get_distinct_ttys_and_ports() {
-    let db = TestDb::new().await;
-    add_runtime(&db, RUNTIME, serde_json::json!({}), 10).await;
-    let th = start_host(
-        &db,
-        HostArgs {
-            capacity: 20,
-            extra: vec!["--warm-concurrency".into(), "20".into()],
-            ..Default::default()
-        },
-    )
-    .await;
-    wait_warm(&db, &th, 20).await;
+    let (db, th) = warm_host(20, &["--warm-concurrency", "20"]).await;
     let rows: Vec<(Option<i32>, serde_json::Value, String)> =
         sqlx::query_as("SELECT tty, ports, container_id FROM sessions WHERE host_id = $1")
             .bind(&th.host_id)
@@ -249,18 +238,7 @@ async fn a_pinned_client_accepts_the_host_and_a_wrong_pin_fails() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_never_connects_costs_only_the_timeout() {
-    let db = TestDb::new().await;
-    add_runtime(&db, RUNTIME, serde_json::json!({}), 10).await;
-    let th = start_host(
-        &db,
-        HostArgs {
-            capacity: 1,
-            extra: vec!["--client-timeout-secs".into(), "1".into()],
-            ..Default::default()
-        },
-    )
-    .await;
-    wait_warm(&db, &th, 1).await;
+    let (db, th) = warm_host(1, &["--client-timeout-secs", "1"]).await;
     let (id, _token) = allocate(&db.pool, &th.host_id, "absent-user").await;
     assert_eq!(free_slots(&db.pool, &th.host_id).await, 0);
     eventually(

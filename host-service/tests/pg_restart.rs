@@ -38,18 +38,7 @@ async fn a_postgres_restart_loses_no_allocation_and_heartbeats_resume() {
         eprintln!("SKIPPED a_postgres_restart_loses_no_allocation_and_heartbeats_resume: no pg_lsclusters (Debian's postgresql-common); run scripts/test");
         return;
     }
-    let db = TestDb::new().await;
-    add_runtime(&db, RUNTIME, serde_json::json!({}), 10).await;
-    let th = start_host(
-        &db,
-        HostArgs {
-            capacity: 2,
-            extra: vec!["--heartbeat-secs".into(), "1".into()],
-            ..Default::default()
-        },
-    )
-    .await;
-    wait_warm(&db, &th, 2).await;
+    let (db, th) = warm_host(2, &["--heartbeat-secs", "1"]).await;
 
     assert!(
         restart_postgres(),

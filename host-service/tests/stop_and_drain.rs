@@ -189,18 +189,7 @@ async fn sigterm_leaves_sessions_running_and_a_restart_adopts_them() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn draining_stops_warm_sessions_lets_running_ones_finish_then_terminates() {
-    let db = TestDb::new().await;
-    add_runtime(&db, RUNTIME, serde_json::json!({}), 10).await;
-    let mut th = start_host(
-        &db,
-        HostArgs {
-            capacity: 3,
-            extra: vec!["--drain-deadline-secs".into(), "2".into()],
-            ..Default::default()
-        },
-    )
-    .await;
-    wait_warm(&db, &th, 3).await;
+    let (db, mut th) = warm_host(3, &["--drain-deadline-secs", "2"]).await;
     let (id, _token, _port) = running_session(&db, &th).await;
 
     sqlx::query("UPDATE hosts SET status = 'DRAINING' WHERE id = $1")

@@ -246,6 +246,25 @@ pub async fn allocate(pool: &PgPool, host_id: &str, user: &str) -> (Uuid, String
     (id, token.token)
 }
 
+/// The usual start: a fresh database with the test runtime, a host of
+/// `capacity` slots (plus `extra` flags), its warm pool full.
+pub async fn warm_host(capacity: u16, extra: &[&str]) -> (TestDb, TestHost) {
+    let db = TestDb::new().await;
+    add_runtime(&db, RUNTIME, serde_json::json!({}), 10).await;
+    let extra = extra.iter().map(|s| s.to_string()).collect();
+    let th = start_host(
+        &db,
+        HostArgs {
+            capacity,
+            extra,
+            ..Default::default()
+        },
+    )
+    .await;
+    wait_warm(&db, &th, i64::from(capacity)).await;
+    (db, th)
+}
+
 pub async fn wait_warm(db: &TestDb, host: &TestHost, n: i64) {
     eventually(
         &format!("{n} warm sessions"),
