@@ -8,23 +8,14 @@ mod support;
 use std::collections::BTreeSet;
 use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use host_service::faults::POINTS;
 use support::*;
 use uuid::Uuid;
 
-struct Daemon(Child);
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn start(argv: &[String], fault: Option<&str>) -> Daemon {
+fn start(argv: &[String], fault: Option<&str>) -> KillOnDrop {
     let mut command = Command::new(env!("CARGO_BIN_EXE_host-service"));
     command
         .args(&argv[1..])
@@ -34,7 +25,7 @@ fn start(argv: &[String], fault: Option<&str>) -> Daemon {
     if let Some(point) = fault {
         command.env("BERTH_FAULT_POINT", point);
     }
-    Daemon(command.spawn().expect("starting host-service"))
+    KillOnDrop(command.spawn().expect("starting host-service"))
 }
 
 async fn api(db: &TestDb, host_id: &str) -> Option<(u16, String)> {
@@ -136,19 +127,7 @@ async fn settle(
 
 /// Runs one crash point; returns what went wrong, if anything.
 async fn crash_at(point: &'static str) -> Result<(), String> {
-    let db = TestDb::new().await;
-    add_runtime(&db, RUNTIME, serde_json::json!({}), 10).await;
-    let host_id = format!("k-{}", &Uuid::new_v4().simple().to_string()[..10]);
-    let state_dir = std::env::temp_dir().join(format!("berth-state-{host_id}"));
-    let argv = host_args(
-        &db,
-        &HostArgs {
-            capacity: 2,
-            ..Default::default()
-        },
-        &host_id,
-        &state_dir,
-    );
+    let (db, host_id, state_dir, argv) = process_host(2).await;
     let mut daemon = start(&argv, Some(point));
     let group = point.split('.').next().unwrap_or_default();
 

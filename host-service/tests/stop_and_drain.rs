@@ -11,16 +11,6 @@ use host_service::daemon::Exit;
 use support::*;
 use uuid::Uuid;
 
-/// Kills the daemon process when the test ends, pass or fail.
-struct KillOnDrop(std::process::Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 async fn running_session(db: &TestDb, th: &TestHost) -> (Uuid, String, u64) {
     let (id, token) = allocate(&db.pool, &th.host_id, "user").await;
     let response = th
@@ -38,19 +28,7 @@ async fn running_session(db: &TestDb, th: &TestHost) -> (Uuid, String, u64) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_leaves_sessions_running_and_a_restart_adopts_them() {
-    let db = TestDb::new().await;
-    add_runtime(&db, RUNTIME, serde_json::json!({}), 10).await;
-    let host_id = format!("t-{}", &Uuid::new_v4().simple().to_string()[..10]);
-    let state_dir = std::env::temp_dir().join(format!("berth-state-{host_id}"));
-    let argv = host_args(
-        &db,
-        &HostArgs {
-            capacity: 2,
-            ..Default::default()
-        },
-        &host_id,
-        &state_dir,
-    );
+    let (db, host_id, state_dir, argv) = process_host(2).await;
     let spawn = || {
         KillOnDrop(
             std::process::Command::new(env!("CARGO_BIN_EXE_host-service"))

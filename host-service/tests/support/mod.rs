@@ -154,6 +154,35 @@ impl TestHost {
     }
 }
 
+/// Kills a daemon process when the test ends, pass or fail.
+pub struct KillOnDrop(pub std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// For tests that run the daemon as a process: a fresh database with the test
+/// runtime, and the host id, state dir and arguments of a host of `capacity`.
+pub async fn process_host(capacity: u16) -> (TestDb, String, PathBuf, Vec<String>) {
+    let db = TestDb::new().await;
+    add_runtime(&db, RUNTIME, serde_json::json!({}), 10).await;
+    let host_id = format!("t-{}", &Uuid::new_v4().simple().to_string()[..10]);
+    let state_dir = std::env::temp_dir().join(format!("berth-state-{host_id}"));
+    let argv = host_args(
+        &db,
+        &HostArgs {
+            capacity,
+            ..Default::default()
+        },
+        &host_id,
+        &state_dir,
+    );
+    (db, host_id, state_dir, argv)
+}
+
 pub fn remove_host_containers(host_id: &str) {
     let ids = docker(&[
         "ps",
