@@ -134,12 +134,13 @@ pub fn bearer<B>(req: &Request<B>) -> Result<String, ApiError> {
         .ok_or_else(ApiError::unauthorized)
 }
 
-/// Serves HTTP/1.1 and HTTP/2 (with upgrades) on `listener` until `stop`:
+/// Serves HTTP/1.1 and HTTP/2 (with upgrades) on `listener` until `stop`
+/// (responses are whole, or streamed for the host's proxy):
 /// `accept` turns each TCP connection into the stream to speak HTTP on (a TLS
 /// handshake for the host API, nothing for the scaler) and runs in the
 /// connection's own task, so a slow client never stalls accepting. Headers
 /// must arrive within 10 s; in-flight requests get 5 s when stopping.
-pub async fn serve<A, AFut, IO, H, HFut>(
+pub async fn serve<A, AFut, IO, H, HFut, B>(
     listener: tokio::net::TcpListener,
     stop: tokio_util::sync::CancellationToken,
     accept: A,
@@ -149,7 +150,9 @@ pub async fn serve<A, AFut, IO, H, HFut>(
     AFut: std::future::Future<Output = Option<IO>> + Send,
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     H: Fn(Request<hyper::body::Incoming>) -> HFut + Clone + Send + Sync + 'static,
-    HFut: std::future::Future<Output = HttpResponse> + Send + 'static,
+    HFut: std::future::Future<Output = Response<B>> + Send + 'static,
+    B: hyper::body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();

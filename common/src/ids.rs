@@ -158,6 +158,9 @@ macro_rules! pg_enum {
     (@upper Buffering) => { "BUFFERING" };
     (@upper Ready) => { "READY" };
     (@upper Swapped) => { "SWAPPED" };
+    (@upper Reaped) => { "REAPED" };
+    (@upper Deleted) => { "DELETED" };
+    (@upper Ended) => { "ENDED" };
 }
 
 pg_enum!(
@@ -176,6 +179,13 @@ pg_enum!(
     ImageStatus,
     "image_status",
     [Candidate, Current, Retired, Failed]
+);
+pg_enum!(
+    /// How a user's session ended: idle too long (REAPED), asked to end by its
+    /// owner (DELETED), broken (FAILED), or otherwise over (ENDED: the app
+    /// exited, the host drained or died).
+    SessionOutcome, "session_outcome",
+    [Reaped, Deleted, Failed, Ended]
 );
 pg_enum!(LaunchState, "launch_state", [Pending, Launched, Failed]);
 pg_enum!(

@@ -19,5 +19,6 @@ pub mod testing;
 pub mod tls;
 
 pub use ids::{
-    DeployState, HostId, HostStatus, ImageStatus, LaunchState, SessionId, SessionStatus,
+    DeployState, HostId, HostStatus, ImageStatus, LaunchState, SessionId, SessionOutcome,
+    SessionStatus,
 };

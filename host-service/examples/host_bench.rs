@@ -18,7 +18,7 @@ use clap::Parser;
 use host_service::config::Cli;
 use host_service::daemon;
 use host_service::session::spawn::spawn_warm;
-use host_service::session::teardown::teardown;
+use host_service::session::teardown::{teardown, Ending};
 
 const COLD_RUNS: usize = 12;
 const WARM_RUNS: usize = 40;
@@ -132,7 +132,7 @@ async fn main() {
         let started = Instant::now();
         let session = spawn_warm(&d.host).await.expect("spawn");
         ours.push(started.elapsed().as_secs_f64() * 1e3);
-        teardown(&d.host, &session, "benchmark").await;
+        teardown(&d.host, &session, &Ending::ended("benchmark")).await;
     }
     println!("== host-service benchmark (image {}) ==", image());
     let (raw50, _) = summary("raw docker create+start", raw);

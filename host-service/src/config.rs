@@ -141,6 +141,20 @@ pub struct Config {
     #[arg(long, env = "BERTH_RESYNC_SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub resync_secs: u64,
 
+    /// Root of users' persistent data (e.g. an EFS mount): each user gets one
+    /// directory under it, mounted in every session of a runtime with a
+    /// user_volume. Unset: such runtimes are refused at start.
+    #[arg(long, env = "BERTH_USER_DATA_ROOT")]
+    pub user_data_root: Option<PathBuf>,
+
+    /// Seconds between idle checks of sessions whose runtime has an idle timeout.
+    #[arg(long, env = "BERTH_IDLE_CHECK_SECS", default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=600))]
+    pub idle_check_secs: u64,
+
+    /// Lifetime in seconds of the proxy cookie set by /sessions/<id>/login.
+    #[arg(long, env = "BERTH_PROXY_COOKIE_SECS", default_value_t = 3600, value_parser = clap::value_parser!(u64).range(10..=86400))]
+    pub proxy_cookie_secs: u64,
+
     /// Most warm containers created at the same time while refilling the pool.
     #[arg(long, env = "BERTH_WARM_CONCURRENCY", default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
     pub warm_concurrency: u16,
@@ -174,6 +188,9 @@ impl Config {
     }
     pub fn logs_dir(&self) -> PathBuf {
         self.state_dir.join("logs")
+    }
+    pub fn volumes_dir(&self) -> PathBuf {
+        self.state_dir.join("volumes")
     }
     pub fn tls_dir(&self) -> PathBuf {
         self.state_dir.join("tls")

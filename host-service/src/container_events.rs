@@ -11,7 +11,7 @@ use futures_util::StreamExt;
 
 use crate::docker::LABEL_SESSION;
 use crate::host::Host;
-use crate::session::teardown::spawn_teardown;
+use crate::session::teardown::{spawn_teardown, Ending};
 
 pub async fn run(host: Arc<Host>) {
     let mut pause = Duration::from_millis(250);
@@ -36,7 +36,7 @@ pub async fn run(host: Arc<Host>) {
                         })
                         .and_then(|id| host.session(id));
                     if let Some(session) = session {
-                        spawn_teardown(&host, session, "its container exited".to_owned());
+                        spawn_teardown(&host, session, Ending::ended("its container exited"));
                     }
                 }
                 Some(Err(error)) => {
@@ -60,7 +60,7 @@ async fn check_all(host: &Arc<Host>) {
             spawn_teardown(
                 host,
                 session,
-                "its container is no longer running".to_owned(),
+                Ending::ended("its container is no longer running"),
             );
         }
     }

@@ -15,10 +15,12 @@ use tokio::net::TcpListener;
 use crate::config::Config;
 use crate::docker::DockerEngine;
 use crate::host::Host;
+use crate::proxy::cookie::CookieSigner;
 use crate::registry::{self, Endpoint, Registration};
+use crate::resources::volumes::UserData;
 use crate::runtime::RuntimeSpec;
 use crate::{
-    api, container_events, drain, heartbeat, hints, reconcile, resources, warm_pool, Error,
+    api, container_events, drain, heartbeat, hints, idle, reconcile, resources, warm_pool, Error,
 };
 
 /// Tasks get this long to finish after a stop before the daemon exits anyway.
@@ -71,6 +73,17 @@ async fn boot(
     let identity = HostIdentity::load_or_generate(&config.tls_dir(), &names)?;
     let tls = Arc::new(identity.server_config()?);
     let runtime = RuntimeSpec::load(&pool, &config.runtime).await?;
+    let user_data = match (&config.user_data_root, &runtime.user_volume) {
+        (Some(root), _) => Some(UserData::prepare(root, &config.volumes_dir())?),
+        (None, Some(_)) => return Err(Error::NoUserDataRoot(runtime.name.clone())),
+        (None, None) => None,
+    };
+    let cookie_key = config.tls_dir().join("proxy-cookie.key");
+    let cookies =
+        CookieSigner::load_or_generate(&cookie_key).map_err(|source| Error::CookieKey {
+            path: cookie_key.clone(),
+            source,
+        })?;
     let listener = TcpListener::bind(config.api_addr)
         .await
         .map_err(|source| Error::Bind {
@@ -100,6 +113,8 @@ async fn boot(
         runtime,
         uinput_enabled,
         capacity,
+        user_data,
+        cookies,
     ));
     reconcile::reconcile(&host).await?;
     host.tasks.spawn(api::serve(host.clone(), listener, tls));
@@ -107,6 +122,7 @@ async fn boot(
     host.tasks.spawn(container_events::run(host.clone()));
     host.tasks.spawn(heartbeat::run(host.clone()));
     host.tasks.spawn(heartbeat::watchdog(host.clone()));
+    host.tasks.spawn(idle::run(host.clone()));
     if matches!(registration, Registration::Draining { .. }) {
         drain::start(&host);
     } else {

@@ -71,6 +71,8 @@ pub struct ContainerSpec<'a> {
     pub session_dir: &'a Path,
     pub sockets_dir: &'a Path,
     pub logs_dir: &'a Path,
+    /// The empty mount point the user's data is mounted on once known.
+    pub volume_dir: &'a Path,
     pub publish_ip: IpAddr,
     pub cap_add: &'a [String],
     pub security_opts: &'a [String],
@@ -324,11 +326,20 @@ fn container_body(spec: &ContainerSpec<'_>) -> ContainerCreateBody {
         tty: spec.tty,
         input_event_nodes: spec.input_event_nodes.clone(),
     });
-    let binds = vec![
+    let mut binds = vec![
         format!("{}:{SESSION_DIR_IN_CONTAINER}", spec.session_dir.display()),
         format!("{}:{SOCKETS_DIR_IN_CONTAINER}", spec.sockets_dir.display()),
         format!("{}:{LOGS_DIR_IN_CONTAINER}", spec.logs_dir.display()),
     ];
+    if let Some(volume) = &rt.user_volume {
+        // rslave: the user's directory, mounted on the host when the session
+        // is finished for its user, shows up in the running container.
+        binds.push(format!(
+            "{}:{}:rslave",
+            spec.volume_dir.display(),
+            volume.path
+        ));
+    }
     let tmpfs = HashMap::from([
         ("/run".to_owned(), "rw,size=52428800".to_owned()),
         ("/run/lock".to_owned(), "rw,size=52428800".to_owned()),

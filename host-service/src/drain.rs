@@ -9,7 +9,7 @@ use futures_util::future::join_all;
 
 use crate::host::Host;
 use crate::registry;
-use crate::session::teardown::teardown;
+use crate::session::teardown::{teardown, Ending};
 use crate::session::Phase;
 
 /// Starts the drain once; later calls do nothing.
@@ -32,11 +32,8 @@ async fn run(host: Arc<Host>) {
         .into_iter()
         .filter(|s| matches!(*s.phase(), Phase::Waiting))
         .collect();
-    join_all(
-        warm.iter()
-            .map(|s| teardown(&host, s, "the host is draining")),
-    )
-    .await;
+    let draining = Ending::ended("the host is draining");
+    join_all(warm.iter().map(|s| teardown(&host, s, &draining))).await;
     crate::faults::point("drain.after_warm");
     loop {
         let left = host.sessions();
@@ -48,11 +45,8 @@ async fn run(host: Arc<Host>) {
                 sessions = left.len(),
                 "drain deadline reached; stopping the remaining sessions"
             );
-            join_all(
-                left.iter()
-                    .map(|s| teardown(&host, s, "the host's drain deadline passed")),
-            )
-            .await;
+            let deadline_passed = Ending::ended("the host's drain deadline passed");
+            join_all(left.iter().map(|s| teardown(&host, s, &deadline_passed))).await;
             continue;
         }
         // A stop (SIGTERM) during a drain leaves the rest to the next start.

@@ -14,7 +14,7 @@ use crate::drain;
 use crate::host::Host;
 use crate::registry;
 use crate::session::finish::claim;
-use crate::session::teardown::spawn_teardown;
+use crate::session::teardown::{spawn_teardown, Ending};
 use crate::session::{Phase, Session};
 
 /// A session in the table without a row is only suspicious once it is older
@@ -75,7 +75,7 @@ fn handle(host: &Arc<Host>, payload: &str) {
             match status {
                 "ALLOCATED" => spawn_claim(host, session),
                 "DYING" | "DELETED" => {
-                    spawn_teardown(host, session, "ended through the scaler".to_owned());
+                    spawn_teardown(host, session, Ending::ended("ended through the scaler"));
                 }
                 _ => {}
             }
@@ -121,7 +121,7 @@ pub async fn resync(host: &Arc<Host>) {
         match (host.session(*id), status) {
             (Some(session), SessionStatus::Allocated) => spawn_claim(host, session),
             (Some(session), SessionStatus::Dying) => {
-                spawn_teardown(host, session, "ended through the scaler".to_owned());
+                spawn_teardown(host, session, Ending::ended("ended through the scaler"));
             }
             // A DYING row whose session this daemon no longer has: its
             // teardown got as far as the container; finish it.
@@ -138,7 +138,7 @@ pub async fn resync(host: &Arc<Host>) {
         let has_row = rows.iter().any(|(id, _)| *id == session.id);
         let settled = session.created_at.elapsed() > ROW_GRACE;
         if !has_row && settled && !matches!(*session.phase(), Phase::Dying(_)) {
-            spawn_teardown(host, session, "its row was deleted".to_owned());
+            spawn_teardown(host, session, Ending::ended("its row was deleted"));
         }
     }
     host.refill.notify_one();

@@ -15,6 +15,8 @@ use tokio_util::task::TaskTracker;
 use crate::config::Config;
 use crate::docker::DockerEngine;
 use crate::metrics::Metrics;
+use crate::proxy::cookie::CookieSigner;
+use crate::resources::volumes::UserData;
 use crate::resources::{PortAllocator, TtyAllocator};
 use crate::runtime::RuntimeSpec;
 use crate::session::Session;
@@ -35,6 +37,10 @@ pub struct Host {
     pub uinput_enabled: bool,
     pub capacity: i32,
     pub metrics: Metrics,
+    /// Where users' persistent data lives, if this host mounts any.
+    pub user_data: Option<UserData>,
+    /// Signs and checks the proxy's login cookies.
+    pub cookies: CookieSigner,
     resources: Mutex<Resources>,
     sessions: Mutex<HashMap<SessionId, Arc<Session>>>,
     /// Warm containers being created right now (not yet in `sessions`).
@@ -61,6 +67,8 @@ impl Host {
         runtime: RuntimeSpec,
         uinput_enabled: bool,
         capacity: i32,
+        user_data: Option<UserData>,
+        cookies: CookieSigner,
     ) -> Self {
         let resources = Resources {
             ttys: TtyAllocator::new(config.tty_range.0.clone()),
@@ -75,6 +83,8 @@ impl Host {
             uinput_enabled,
             capacity,
             metrics: Metrics::new(),
+            user_data,
+            cookies,
             resources: Mutex::new(resources),
             sessions: Mutex::new(HashMap::new()),
             warming: AtomicUsize::new(0),

@@ -12,13 +12,16 @@ pub mod faults;
 pub mod heartbeat;
 pub mod hints;
 pub mod host;
+pub mod idle;
 pub mod metrics;
+pub mod proxy;
 pub mod readiness;
 pub mod reconcile;
 pub mod registry;
 pub mod resources;
 pub mod runtime;
 pub mod session;
+pub mod upstream;
 pub mod warm_pool;
 
 use std::net::SocketAddr;
@@ -41,6 +44,16 @@ pub enum Error {
     Tls(#[from] berth_common::tls::TlsError),
     #[error(transparent)]
     Input(#[from] resources::uinput::InputError),
+    #[error(transparent)]
+    UserData(#[from] resources::volumes::VolumeError),
+    #[error("runtime {0:?} mounts a user volume, but BERTH_USER_DATA_ROOT is not set; set it to the directory (e.g. an EFS mount) that holds users' data")]
+    NoUserDataRoot(String),
+    #[error("the proxy cookie key {path}: {source}; BERTH_STATE_DIR must be writable by root")]
+    CookieKey {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("binding the host API on {addr}: {source}; is another host-service running, or is BERTH_API_ADDR wrong?")]
     Bind {
         addr: SocketAddr,
@@ -70,6 +83,8 @@ impl Error {
             )
             | Error::Input(resources::uinput::InputError::Required(_))
             | Error::Bind { .. }
+            | Error::NoUserDataRoot(_)
+            | Error::UserData(resources::volumes::VolumeError::NotADirectory(_))
             | Error::StateDir { .. } => exit::CONFIG,
             // The host is over: nothing to restart.
             Error::Registry(R::Ended { .. }) => 0,

@@ -13,6 +13,9 @@ pub struct Metrics {
     pub teardowns: Counter,
     pub spawn_failures: Counter,
     pub json_transport_refused: Counter,
+    pub proxy_requests: Counter,
+    pub proxy_refused: Counter,
+    pub idle_reaped: Counter,
     pub warm_sessions: Gauge,
     pub sessions: Gauge,
     /// config.json written → app ready → RUNNING.
@@ -35,6 +38,9 @@ impl Metrics {
             teardowns: Counter::default(),
             spawn_failures: Counter::default(),
             json_transport_refused: Counter::default(),
+            proxy_requests: Counter::default(),
+            proxy_refused: Counter::default(),
+            idle_reaped: Counter::default(),
             warm_sessions: Gauge::default(),
             sessions: Gauge::default(),
             ready_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
@@ -56,6 +62,21 @@ impl Metrics {
             "json_transport_refused",
             "json_transport requests refused",
             m.json_transport_refused.clone(),
+        );
+        registry.register(
+            "proxy_requests",
+            "Requests and WebSocket upgrades forwarded to session containers",
+            m.proxy_requests.clone(),
+        );
+        registry.register(
+            "proxy_refused",
+            "Proxy and login requests refused",
+            m.proxy_refused.clone(),
+        );
+        registry.register(
+            "idle_reaped",
+            "Sessions torn down for being idle",
+            m.idle_reaped.clone(),
         );
         registry.register(
             "warm_sessions",

@@ -145,14 +145,17 @@ async fn adopt(
     true
 }
 
-/// Removes session/socket/log directories that belong to no adopted session.
-/// Only names that parse as session ids are touched.
+/// Removes session/socket/log directories and volume mount points that
+/// belong to no adopted session. Only names that parse as session ids are
+/// touched, and mount points are only unmounted and removed when empty.
 fn remove_stray_dirs(host: &Host) -> usize {
     let mut removed = 0;
+    let volumes = host.config.volumes_dir();
     for root in [
         host.config.sessions_dir(),
         host.config.sockets_dir(),
         host.config.logs_dir(),
+        volumes.clone(),
     ] {
         let Ok(entries) = std::fs::read_dir(&root) else {
             continue;
@@ -165,11 +168,16 @@ fn remove_stray_dirs(host: &Host) -> usize {
             else {
                 continue;
             };
-            if host.session(id).is_none()
-                && std::fs::remove_dir_all(root.join(id.to_string())).is_ok()
-            {
-                removed += 1;
+            if host.session(id).is_some() {
+                continue;
             }
+            let path = root.join(id.to_string());
+            let gone = if root == volumes {
+                crate::resources::volumes::remove_mount_point(&path).is_ok()
+            } else {
+                std::fs::remove_dir_all(&path).is_ok()
+            };
+            removed += usize::from(gone);
         }
     }
     removed

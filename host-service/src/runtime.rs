@@ -20,6 +20,27 @@ pub enum Readiness {
     File { path: String },
 }
 
+/// An HTTP POST into the container once the app is ready; its JSON answer
+/// (e.g. generated credentials) is sealed and returned to the owner only.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InitCall {
+    pub port: u16,
+    pub path: String,
+}
+
+/// The user's persistent directory, mounted at `path` in each of their sessions
+/// and owned by `uid:gid` (the app's user) when created.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserVolume {
+    pub path: String,
+    #[serde(default)]
+    pub uid: u32,
+    #[serde(default)]
+    pub gid: u32,
+}
+
 #[derive(Clone, Debug)]
 pub struct RuntimeSpec {
     pub name: String,
@@ -34,6 +55,8 @@ pub struct RuntimeSpec {
     pub readiness: Readiness,
     pub ready_timeout: Duration,
     pub idle_timeout: Option<Duration>,
+    pub init: Option<InitCall>,
+    pub user_volume: Option<UserVolume>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -68,13 +91,15 @@ struct Row {
     readiness: serde_json::Value,
     ready_timeout_s: i32,
     idle_timeout_s: Option<i32>,
+    init: Option<serde_json::Value>,
+    user_volume: Option<serde_json::Value>,
 }
 
 impl RuntimeSpec {
     pub async fn load(db: &PgPool, name: &str) -> Result<Self, RuntimeError> {
         let row: Row = sqlx::query_as(
             "SELECT name, image, ports, env, memory_mib, cpu_shares, shm_mib, needs_tty, needs_uinput, \
-                    readiness, ready_timeout_s, idle_timeout_s FROM runtimes WHERE name = $1",
+                    readiness, ready_timeout_s, idle_timeout_s, init, user_volume FROM runtimes WHERE name = $1",
         )
         .bind(name)
         .fetch_optional(db)
@@ -111,6 +136,33 @@ impl RuntimeSpec {
             crate::session::dir::check_relative_name(path)
                 .map_err(|why| invalid("readiness", why))?;
         }
+        let init: Option<InitCall> = row
+            .init
+            .clone()
+            .map(serde_json::from_value)
+            .transpose()
+            .map_err(|e| invalid("init", e.to_string()))?;
+        if let Some(init) = &init {
+            check_url_path(&init.path).map_err(|why| invalid("init", why))?;
+            if !ports.iter().any(|p| p.container_port == init.port) {
+                return Err(invalid(
+                    "init",
+                    format!("port {} is not one of the runtime's ports", init.port),
+                ));
+            }
+        }
+        if let Readiness::Http { path, .. } = &readiness {
+            check_url_path(path).map_err(|why| invalid("readiness", why))?;
+        }
+        let user_volume: Option<UserVolume> = row
+            .user_volume
+            .clone()
+            .map(serde_json::from_value)
+            .transpose()
+            .map_err(|e| invalid("user_volume", e.to_string()))?;
+        if let Some(volume) = &user_volume {
+            check_container_path(&volume.path).map_err(|why| invalid("user_volume", why))?;
+        }
         Ok(Self {
             name: row.name,
             image: row.image,
@@ -126,7 +178,53 @@ impl RuntimeSpec {
             idle_timeout: row
                 .idle_timeout_s
                 .map(|s| Duration::from_secs(s.max(1) as u64)),
+            init,
+            user_volume,
         })
+    }
+}
+
+/// An absolute HTTP path with nothing that could change the request's target.
+fn check_url_path(path: &str) -> Result<(), String> {
+    let plain = path.starts_with('/')
+        && path
+            .bytes()
+            .all(|b| b.is_ascii_graphic() && !matches!(b, b'#' | b'\\'));
+    if plain {
+        Ok(())
+    } else {
+        Err(format!(
+            "{path:?} must be an absolute URL path of visible ASCII"
+        ))
+    }
+}
+
+/// An absolute container path outside the ones Berth mounts itself.
+fn check_container_path(path: &str) -> Result<(), String> {
+    let p = std::path::Path::new(path);
+    let plain = p.is_absolute()
+        && p.components().all(|c| {
+            matches!(
+                c,
+                std::path::Component::RootDir | std::path::Component::Normal(_)
+            )
+        })
+        && p.components().count() > 1;
+    let reserved = [
+        "/berth",
+        "/tmp/sockets",
+        "/var/log/berth",
+        "/run",
+        "/proc",
+        "/sys",
+        "/dev",
+    ]
+    .iter()
+    .any(|r| p.starts_with(r));
+    if plain && !reserved {
+        Ok(())
+    } else {
+        Err(format!("{path:?} must be an absolute container path without '..' outside /berth, /run, /proc, /sys and /dev"))
     }
 }
 
@@ -149,6 +247,8 @@ mod tests {
             readiness,
             ready_timeout_s: 20,
             idle_timeout_s: None,
+            init: None,
+            user_volume: None,
         }
     }
 
@@ -193,5 +293,32 @@ mod tests {
         ))
         .is_err());
         assert!(RuntimeSpec::from_row(row(json!({"smoke": {}}), json!({}))).is_err());
+    }
+
+    #[test]
+    fn init_and_user_volume_are_checked() {
+        let mut ok = row(json!({"tcp": {"port": 8080}}), json!({}));
+        ok.init = Some(json!({"port": 8080, "path": "/init"}));
+        ok.user_volume = Some(json!({"path": "/home/app/data", "uid": 1000, "gid": 1000}));
+        let spec = RuntimeSpec::from_row(ok).unwrap();
+        assert_eq!(spec.init.unwrap().path, "/init");
+        assert_eq!(spec.user_volume.unwrap().uid, 1000);
+        for (init, volume) in [
+            (json!({"port": 7, "path": "/init"}), json!(null)),
+            (json!({"port": 8080, "path": "http://evil/"}), json!(null)),
+            (
+                json!({"port": 8080, "path": "/x", "host": "evil"}),
+                json!(null),
+            ),
+            (json!(null), json!({"path": "data"})),
+            (json!(null), json!({"path": "/data/../etc"})),
+            (json!(null), json!({"path": "/berth/data"})),
+            (json!(null), json!({"path": "/"})),
+        ] {
+            let mut bad = row(json!({"tcp": {"port": 8080}}), json!({}));
+            bad.init = (!init.is_null()).then_some(init.clone());
+            bad.user_volume = (!volume.is_null()).then_some(volume.clone());
+            assert!(RuntimeSpec::from_row(bad).is_err(), "{init} {volume}");
+        }
     }
 }

@@ -6,36 +6,63 @@ use std::time::Duration;
 use berth_common::auth::token_matches;
 use berth_common::http::{bearer, json, read_body, text, ApiError, HttpResponse};
 use berth_common::SessionId;
-use http::{Method, Request, StatusCode};
+use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use serde::Deserialize;
 use serde_json::json;
 
 use crate::host::Host;
+use crate::proxy::{self, Body};
 use crate::session::finish::{self, FinishError};
-use crate::session::teardown::spawn_teardown;
+use crate::session::teardown::{spawn_teardown, Ending};
+use crate::session::{init, Session};
 
 /// A slow client gets this long to send its whole body.
 const BODY_TIMEOUT: Duration = Duration::from_secs(30);
 const OPENAPI: &str = include_str!("openapi.json");
 
-pub async fn handle(host: Arc<Host>, req: Request<Incoming>) -> HttpResponse {
+/// Every request: the proxy and login stream or redirect; the rest answer
+/// whole JSON or text.
+pub async fn handle(host: Arc<Host>, req: Request<Incoming>) -> Response<Body> {
     let path = req.uri().path().to_owned();
     let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     let result = match (req.method(), segments.as_slice()) {
+        (_, ["sessions", id, "proxy", port, ..]) => proxy::forward(&host, req, id, port).await,
+        (&Method::GET | &Method::POST, ["sessions", id, "login"]) => {
+            proxy::login(&host, req, id).await
+        }
+        (_, ["sessions", _, "login"]) => Err(method_not_allowed()),
+        _ => return api(host, req, &segments).await.map(proxy::boxed),
+    };
+    result.unwrap_or_else(|e| {
+        if e.status.is_client_error() {
+            host.metrics.proxy_refused.inc();
+        }
+        e.into_response().map(proxy::boxed)
+    })
+}
+
+fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "METHOD_NOT_ALLOWED",
+        "method not allowed here",
+    )
+}
+
+async fn api(host: Arc<Host>, req: Request<Incoming>, segments: &[&str]) -> HttpResponse {
+    let result = match (req.method(), segments) {
         (&Method::GET, ["healthz"]) => Ok(text(StatusCode::OK, "text/plain", "ok\n")),
         (&Method::GET, ["readyz"]) => Ok(readyz(&host).await),
         (&Method::GET, ["metrics"]) => Ok(metrics(&host)),
         (&Method::GET, ["openapi.json"]) => Ok(text(StatusCode::OK, "application/json", OPENAPI)),
         (&Method::PUT, ["json_transport"]) => json_transport(&host, req).await,
-        (&Method::GET, ["sessions", id]) => session_status(&host, &req, id),
+        (&Method::GET, ["sessions", id]) => session_status(&host, &req, id).await,
         (&Method::DELETE, ["sessions", id]) => delete_session(&host, &req, id).await,
+        (&Method::POST, ["sessions", id, "activity"]) => activity(&host, &req, id),
         (_, ["healthz" | "readyz" | "metrics" | "openapi.json" | "json_transport"])
-        | (_, ["sessions", _]) => Err(ApiError::new(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "METHOD_NOT_ALLOWED",
-            "method not allowed here",
-        )),
+        | (_, ["sessions", _])
+        | (_, ["sessions", _, "activity"]) => Err(method_not_allowed()),
         _ => Err(ApiError::not_found()),
     };
     result.unwrap_or_else(|e| {
@@ -104,7 +131,7 @@ async fn json_transport(
     let token = bearer(&req)?;
     let body = read_body(req, host.config.max_body_bytes, BODY_TIMEOUT).await?;
     let (id, json_data) = parse_json_transport(&body)?;
-    let ports = finish::json_transport(host, id, &token, json_data)
+    let finished = finish::json_transport(host, id, &token, json_data)
         .await
         .map_err(|e| {
             let (status, code) = match &e {
@@ -112,14 +139,16 @@ async fn json_transport(
                 FinishError::AlreadyConfigured => (StatusCode::CONFLICT, "ALREADY_CONFIGURED"),
                 FinishError::Gone(_) => (StatusCode::GONE, "SESSION_GONE"),
                 FinishError::NotReady(_) => (StatusCode::GATEWAY_TIMEOUT, "APP_NOT_READY"),
+                FinishError::InitFailed(_) => (StatusCode::BAD_GATEWAY, "INIT_FAILED"),
                 FinishError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL"),
             };
             ApiError::new(status, code, e.to_string())
         })?;
-    Ok(json(
-        StatusCode::OK,
-        &json!({"session_id": id, "status": "RUNNING", "ports": ports}),
-    ))
+    let mut body = json!({"session_id": id, "status": "RUNNING", "ports": finished.ports});
+    if let Some(init) = finished.init {
+        body["init"] = init;
+    }
+    Ok(json(StatusCode::OK, &body))
 }
 
 /// The session named in the path, if the bearer token is its owner's.
@@ -127,7 +156,7 @@ fn authorized_session(
     host: &Host,
     req: &Request<Incoming>,
     id: &str,
-) -> Result<Arc<crate::session::Session>, ApiError> {
+) -> Result<Arc<Session>, ApiError> {
     let token = bearer(req)?;
     let id: SessionId = id.parse().map_err(|_| ApiError::forbidden())?;
     let session = host.session(id).ok_or_else(ApiError::forbidden)?;
@@ -142,17 +171,55 @@ fn authorized_session(
     }
 }
 
-fn session_status(
+async fn session_status(
     host: &Host,
     req: &Request<Incoming>,
     id: &str,
 ) -> Result<HttpResponse, ApiError> {
     let session = authorized_session(host, req, id)?;
     let status = session.phase().name();
+    let mut body = json!({"session_id": session.id, "status": status, "ports": session.ports, "tty": session.tty,
+                "runtime": session.runtime.name, "connections": session.activity.connections(),
+                "idle_s": session.activity.idle_for(&session.paths.session).as_secs()});
+    if session.runtime.init.is_some() {
+        body["init"] = init_answer(host, &session, &bearer(req)?).await?;
+    }
+    Ok(json(StatusCode::OK, &body))
+}
+
+/// The init answer sealed on the session's row, opened with the owner's token.
+async fn init_answer(
+    host: &Host,
+    session: &Session,
+    token: &str,
+) -> Result<serde_json::Value, ApiError> {
+    let sealed: Option<Option<Vec<u8>>> =
+        sqlx::query_scalar("SELECT init_sealed FROM sessions WHERE id = $1")
+            .bind(session.id)
+            .fetch_optional(&host.db)
+            .await
+            .map_err(|e| {
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "DATABASE_UNAVAILABLE",
+                    format!("reading the init answer failed: {e}; retry"),
+                )
+            })?;
+    let Some(sealed) = sealed.flatten() else {
+        return Ok(serde_json::Value::Null);
+    };
+    init::open(token, session.id, &sealed)
+        .and_then(|plain| serde_json::from_slice(&plain).ok())
+        .ok_or_else(ApiError::forbidden)
+}
+
+/// `POST /sessions/<id>/activity`: the owner says the session is in use.
+fn activity(host: &Host, req: &Request<Incoming>, id: &str) -> Result<HttpResponse, ApiError> {
+    let session = authorized_session(host, req, id)?;
+    session.activity.touch();
     Ok(json(
         StatusCode::OK,
-        &json!({"session_id": session.id, "status": status, "ports": session.ports, "tty": session.tty,
-                "runtime": session.runtime.name}),
+        &json!({"session_id": session.id, "idle_s": 0}),
     ))
 }
 
@@ -163,7 +230,7 @@ async fn delete_session(
 ) -> Result<HttpResponse, ApiError> {
     let session = authorized_session(host, req, id)?;
     let id = session.id;
-    let _ = spawn_teardown(host, session, "deleted by its owner".to_owned()).await;
+    let _ = spawn_teardown(host, session, Ending::deleted("deleted by its owner")).await;
     Ok(json(
         StatusCode::OK,
         &json!({"session_id": id, "status": "DELETED"}),

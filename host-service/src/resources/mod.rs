@@ -6,6 +6,7 @@ pub mod devices;
 pub mod ports;
 pub mod ttys;
 pub mod uinput;
+pub mod volumes;
 
 pub use ports::{PortAllocator, PortMapping, Protocol};
 pub use ttys::TtyAllocator;

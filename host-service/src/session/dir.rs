@@ -9,14 +9,17 @@ use std::path::{Component, Path, PathBuf};
 use berth_common::SessionId;
 
 use crate::config::Config;
+use crate::resources::volumes;
 
 /// `sessions/<id>` (mounted at /berth), `sockets/<id>` (at /tmp/sockets),
-/// `logs/<id>` (at /var/log/berth).
+/// `logs/<id>` (at /var/log/berth), and `volumes/<id>`, the mount point of
+/// the user's data for runtimes that have a user volume.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SessionPaths {
     pub session: PathBuf,
     pub sockets: PathBuf,
     pub logs: PathBuf,
+    pub volume: PathBuf,
 }
 
 pub const CONFIG_FILE: &str = "config.json";
@@ -28,6 +31,7 @@ impl SessionPaths {
             session: config.sessions_dir().join(&name),
             sockets: config.sockets_dir().join(&name),
             logs: config.logs_dir().join(&name),
+            volume: config.volumes_dir().join(&name),
         }
     }
 
@@ -42,11 +46,15 @@ impl SessionPaths {
             // is what keeps other host users out.
             fs::set_permissions(dir, fs::Permissions::from_mode(0o755))?;
         }
-        Ok(())
+        fs::create_dir_all(self.volume.parent().unwrap_or(&self.volume))?;
+        volumes::create_mount_point(&self.volume)
     }
 
-    /// Removes all three; missing ones are fine (teardown is idempotent).
+    /// Removes all four; missing ones are fine (teardown is idempotent). The
+    /// volume mount point is unmounted and removed only when empty: user data
+    /// is never deleted.
     pub fn remove(&self) -> io::Result<()> {
+        volumes::remove_mount_point(&self.volume).map_err(io::Error::other)?;
         for dir in [&self.session, &self.sockets, &self.logs] {
             match fs::remove_dir_all(dir) {
                 Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
@@ -57,7 +65,9 @@ impl SessionPaths {
     }
 
     pub fn exist(&self) -> bool {
-        self.session.exists() || self.sockets.exists() || self.logs.exists()
+        [&self.session, &self.sockets, &self.logs, &self.volume]
+            .iter()
+            .any(|d| d.exists())
     }
 }
 

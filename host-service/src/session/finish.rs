@@ -10,7 +10,7 @@ use berth_common::auth::{token_matches, token_sha256_hex};
 use berth_common::db::DbError;
 use berth_common::SessionId;
 
-use super::teardown::{spawn_teardown, teardown};
+use super::teardown::{spawn_teardown, teardown, Ending};
 use super::{Owner, Phase, Session};
 use crate::host::Host;
 use crate::readiness::wait_ready;
@@ -26,6 +26,8 @@ pub enum FinishError {
     Gone(String),
     #[error("the session's app did not become ready: {0}")]
     NotReady(String),
+    #[error("the session's init call failed: {0}; the session was torn down, request a new one")]
+    InitFailed(String),
     #[error("finishing the session failed: {0}; the session was torn down, request a new one")]
     Internal(String),
 }
@@ -88,9 +90,17 @@ fn arm_client_timeout(host: &Arc<Host>, session: Arc<Session>) {
                 "no json_transport from the client within {}s",
                 timeout.as_secs()
             );
-            teardown(&host2, &session, &reason).await;
+            teardown(&host2, &session, &Ending::failed(reason)).await;
         }
     });
+}
+
+/// What the client gets once its session runs.
+#[derive(Debug)]
+pub struct Finished {
+    pub ports: Vec<PortMapping>,
+    /// The runtime's init answer, for the owner only.
+    pub init: Option<serde_json::Value>,
 }
 
 /// `PUT /json_transport`: checks the token, accepts the first call only, and
@@ -100,7 +110,7 @@ pub async fn json_transport(
     id: SessionId,
     token: &str,
     json_data: String,
-) -> Result<Vec<PortMapping>, FinishError> {
+) -> Result<Finished, FinishError> {
     let session = host.session(id).ok_or(FinishError::Forbidden)?;
     // The client may be faster than the ALLOCATED hint.
     claim(host, &session, Some(token))
@@ -124,7 +134,9 @@ pub async fn json_transport(
         }
     }
     // A task of its own: a client hanging up must not stop halfway.
-    let task = host.tasks.spawn(finish(host.clone(), session, json_data));
+    let task = host
+        .tasks
+        .spawn(finish(host.clone(), session, json_data, token.to_owned()));
     task.await
         .map_err(|e| FinishError::Internal(format!("finishing task ended abnormally: {e}")))?
 }
@@ -154,8 +166,15 @@ async fn finish(
     host: Arc<Host>,
     session: Arc<Session>,
     json_data: String,
-) -> Result<Vec<PortMapping>, FinishError> {
+    token: String,
+) -> Result<Finished, FinishError> {
     let started = std::time::Instant::now();
+    if let Err(e) = attach_user_volume(&host, &session) {
+        spawn_teardown(&host, session, Ending::failed(format!("user volume: {e}")));
+        return Err(FinishError::Internal(format!(
+            "mounting the user's data: {e}"
+        )));
+    }
     let path = session.paths.config_json();
     let written =
         tokio::task::spawn_blocking(move || write_atomically(&path, json_data.as_bytes(), 0o644))
@@ -164,7 +183,11 @@ async fn finish(
         .map_err(|e| e.to_string())
         .and_then(|r| r.map_err(|e| e.to_string()))
     {
-        spawn_teardown(&host, session, format!("writing config.json failed: {e}"));
+        spawn_teardown(
+            &host,
+            session,
+            Ending::failed(format!("writing config.json failed: {e}")),
+        );
         return Err(FinishError::Internal(format!("writing config.json: {e}")));
     }
     crate::faults::point("finish.after_config");
@@ -177,21 +200,37 @@ async fn finish(
     )
     .await
     {
-        spawn_teardown(&host, session, format!("app not ready: {e}"));
+        spawn_teardown(
+            &host,
+            session,
+            Ending::failed(format!("app not ready: {e}")),
+        );
         return Err(FinishError::NotReady(e.to_string()));
     }
+    let (init, sealed) = match run_init(&session, &token).await {
+        Ok(answer) => answer,
+        Err(e) => {
+            spawn_teardown(&host, session, Ending::failed(e.to_string()));
+            return Err(FinishError::InitFailed(e.to_string()));
+        }
+    };
     let marked = sqlx::query(
-        "UPDATE sessions SET status = 'RUNNING', ready_at = now(), last_activity_at = now() \
-         WHERE id = $1 AND status = 'CONNECTING'",
+        "UPDATE sessions SET status = 'RUNNING', ready_at = now(), last_activity_at = now(), \
+                init_sealed = $2 WHERE id = $1 AND status = 'CONNECTING'",
     )
     .bind(session.id)
+    .bind(sealed)
     .execute(&host.db)
     .await;
     match marked {
         Ok(r) if r.rows_affected() == 1 => crate::faults::point("finish.after_running"),
         Ok(_) => return Err(FinishError::Gone("it was ended while starting".into())),
         Err(e) => {
-            spawn_teardown(&host, session, format!("marking RUNNING failed: {e}"));
+            spawn_teardown(
+                &host,
+                session,
+                Ending::failed(format!("marking RUNNING failed: {e}")),
+            );
             return Err(FinishError::Internal(format!(
                 "marking the session RUNNING: {e}"
             )));
@@ -204,9 +243,56 @@ async fn finish(
             _ => return Err(FinishError::Gone("it was ended while starting".into())),
         }
     }
+    // Idle time counts from when the user could first use it.
+    session.activity.touch();
     host.metrics
         .ready_seconds
         .observe(started.elapsed().as_secs_f64());
     tracing::info!(session = %session.id, ms = started.elapsed().as_millis() as u64, "session RUNNING");
-    Ok(session.ports.clone())
+    Ok(Finished {
+        ports: session.ports.clone(),
+        init,
+    })
+}
+
+/// Mounts the owner's persistent directory on the session's mount point
+/// (visible in the container at the runtime's path) before the app sees
+/// its config.
+fn attach_user_volume(host: &Host, session: &Session) -> Result<(), String> {
+    let Some(volume) = &session.runtime.user_volume else {
+        return Ok(());
+    };
+    let (Some(data), Some(owner)) = (&host.user_data, session.phase().owner().cloned()) else {
+        return Err("this host has no BERTH_USER_DATA_ROOT".into());
+    };
+    data.attach(&owner.user_id, volume, &session.paths.volume)
+        .map_err(|e| e.to_string())
+}
+
+/// Calls the runtime's init endpoint, if any: its answer, and the answer
+/// sealed under the session token for the row.
+async fn run_init(
+    session: &Session,
+    token: &str,
+) -> Result<(Option<serde_json::Value>, Option<Vec<u8>>), super::init::InitError> {
+    let rt = &session.runtime;
+    let Some(call) = &rt.init else {
+        return Ok((None, None));
+    };
+    let user_id = session.phase().owner().map(|o| o.user_id.clone());
+    let params = serde_json::json!({
+        "session_id": session.id,
+        "user_id": user_id,
+        "runtime": rt.name,
+        "ports": session.ports,
+    });
+    let answer = super::init::call(call, session.container_ip, &params, rt.ready_timeout).await?;
+    let sealed =
+        super::init::seal(token, session.id, answer.to_string().as_bytes()).ok_or_else(|| {
+            super::init::InitError::Failed {
+                path: call.path.clone(),
+                why: "sealing the answer failed (system RNG)".into(),
+            }
+        })?;
+    Ok((Some(answer), Some(sealed)))
 }

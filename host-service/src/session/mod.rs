@@ -2,8 +2,10 @@
 //! warm (WAITING) → claimed for its user (CONNECTING) → configured and
 //! waiting for the app (finishing) → RUNNING → torn down.
 
+pub mod activity;
 pub mod dir;
 pub mod finish;
+pub mod init;
 pub mod spawn;
 pub mod teardown;
 
@@ -69,6 +71,8 @@ pub struct Session {
     pub container_id: String,
     pub container_ip: Option<IpAddr>,
     pub created_at: Instant,
+    /// Connections and traffic through the proxy, and the app's pings.
+    pub activity: Arc<activity::Activity>,
     input: Mutex<Option<SessionInput>>,
     phase: Mutex<Phase>,
     /// Serializes claims (the ALLOCATED hint and an early json_transport can
@@ -101,6 +105,7 @@ impl Session {
             container_id,
             container_ip,
             created_at: Instant::now(),
+            activity: Arc::default(),
             input: Mutex::new(input),
             phase: Mutex::new(phase),
             claim_lock: tokio::sync::Mutex::new(()),
@@ -112,6 +117,15 @@ impl Session {
     pub fn phase(&self) -> MutexGuard<'_, Phase> {
         // The phase is a plain value: a panic elsewhere cannot leave it half-written.
         self.phase.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The owner, if the session serves one now (RUNNING): the proxy and
+    /// the idle reaper only act on such sessions.
+    pub fn running_owner(&self) -> Option<Owner> {
+        match &*self.phase() {
+            Phase::Running(owner) => Some(owner.clone()),
+            _ => None,
+        }
     }
 
     pub fn take_input(&self) -> Option<SessionInput> {

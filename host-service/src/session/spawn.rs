@@ -158,6 +158,7 @@ async fn build(
         session_dir: &paths.session,
         sockets_dir: &paths.sockets,
         logs_dir: &paths.logs,
+        volume_dir: &paths.volume,
         publish_ip: host.config.publish_ip,
         cap_add: &host.config.cap_add,
         security_opts: &host.config.security_opts,

@@ -7,14 +7,45 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+use berth_common::SessionOutcome;
+
 use super::{Phase, Session};
 use crate::host::Host;
+
+/// Why a session ends: recorded on its row, and in `session_history` once the
+/// row is gone, so its user can be told (e.g. REAPED, "idle for 600 s").
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Ending {
+    pub outcome: SessionOutcome,
+    pub reason: String,
+}
+
+impl Ending {
+    pub fn reaped(reason: impl Into<String>) -> Self {
+        Self::new(SessionOutcome::Reaped, reason)
+    }
+    pub fn deleted(reason: impl Into<String>) -> Self {
+        Self::new(SessionOutcome::Deleted, reason)
+    }
+    pub fn failed(reason: impl Into<String>) -> Self {
+        Self::new(SessionOutcome::Failed, reason)
+    }
+    pub fn ended(reason: impl Into<String>) -> Self {
+        Self::new(SessionOutcome::Ended, reason)
+    }
+    fn new(outcome: SessionOutcome, reason: impl Into<String>) -> Self {
+        Self {
+            outcome,
+            reason: reason.into(),
+        }
+    }
+}
 
 /// Tries for a Docker that is briefly unavailable before leaving the session
 /// DYING for the next resync to finish.
 const DOCKER_ATTEMPTS: u32 = 3;
 
-pub async fn teardown(host: &Arc<Host>, session: &Arc<Session>, reason: &str) {
+pub async fn teardown(host: &Arc<Host>, session: &Arc<Session>, ending: &Ending) {
     if session.tearing_down.swap(true, Ordering::SeqCst) {
         return;
     }
@@ -23,13 +54,18 @@ pub async fn teardown(host: &Arc<Host>, session: &Arc<Session>, reason: &str) {
         let owner = phase.owner().cloned();
         *phase = Phase::Dying(owner);
     }
-    tracing::info!(session = %session.id, reason, "tearing down session");
-    let marked =
-        sqlx::query("UPDATE sessions SET status = 'DYING', status_reason = $2 WHERE id = $1")
-            .bind(session.id)
-            .bind(reason)
-            .execute(&host.db)
-            .await;
+    tracing::info!(session = %session.id, outcome = %ending.outcome, reason = %ending.reason, "tearing down session");
+    // The first recorded cause wins (e.g. the owner's delete through the scaler).
+    let marked = sqlx::query(
+        "UPDATE sessions SET status = 'DYING', \
+                status_reason = CASE WHEN outcome IS NULL THEN $2 ELSE status_reason END, \
+                outcome = coalesce(outcome, $3) WHERE id = $1",
+    )
+    .bind(session.id)
+    .bind(&ending.reason)
+    .bind(ending.outcome)
+    .execute(&host.db)
+    .await;
     if let Err(error) = marked {
         tracing::warn!(session = %session.id, %error, "could not mark the session DYING; continuing teardown");
     }
@@ -99,9 +135,9 @@ pub async fn release(host: &Host, session: &Session) -> bool {
 pub fn spawn_teardown(
     host: &Arc<Host>,
     session: Arc<Session>,
-    reason: String,
+    ending: Ending,
 ) -> tokio::task::JoinHandle<()> {
     let host2 = host.clone();
     host.tasks
-        .spawn(async move { teardown(&host2, &session, &reason).await })
+        .spawn(async move { teardown(&host2, &session, &ending).await })
 }

@@ -150,6 +150,17 @@ impl TestHost {
             daemon.stop().await;
         }
         remove_host_containers(&self.host_id);
+        // User volumes stay mounted for a restarted daemon to adopt; unmount
+        // them (and the shared mount under them) before deleting anything,
+        // or removing the state would reach into users' data.
+        let volumes = self.state_dir.join("volumes");
+        if volumes.exists() {
+            let _ = Command::new("umount")
+                .args(["--recursive", "--lazy"])
+                .arg(&volumes)
+                .stderr(std::process::Stdio::null())
+                .status();
+        }
         let _ = std::fs::remove_dir_all(&self.state_dir);
     }
 }
