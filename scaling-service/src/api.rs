@@ -253,9 +253,40 @@ async fn get_session(
     .fetch_optional(&scaler.db)
     .await
     .map_err(internal)?;
-    let row =
-        row.ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "NOT_FOUND", "no such session"))?;
-    Ok(json(StatusCode::OK, &session_json(&row)))
+    if let Some(row) = row {
+        return Ok(json(StatusCode::OK, &session_json(&row)));
+    }
+    // Gone: say how it ended (REAPED, DELETED, FAILED, ENDED) and why.
+    let ended: Option<EndedRow> =
+        sqlx::query_as(&format!("{ENDED_SELECT} WHERE id = $1 AND user_id = $2"))
+            .bind(id)
+            .bind(&user)
+            .fetch_optional(&scaler.db)
+            .await
+            .map_err(internal)?;
+    let ended = ended
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "NOT_FOUND", "no such session"))?;
+    Ok(json(StatusCode::OK, &ended_json(&ended)))
+}
+
+/// How long the sessions list shows a user's ended sessions.
+const RECENTLY_ENDED: &str = "interval '24 hours'";
+
+const ENDED_SELECT: &str = "SELECT id, outcome::text AS outcome, reason, runtime, created_at, ended_at FROM session_history";
+
+#[derive(sqlx::FromRow)]
+struct EndedRow {
+    id: Uuid,
+    outcome: String,
+    reason: String,
+    runtime: String,
+    created_at: chrono::DateTime<chrono::Utc>,
+    ended_at: chrono::DateTime<chrono::Utc>,
+}
+
+fn ended_json(e: &EndedRow) -> serde_json::Value {
+    json!({"session_id": e.id, "status": e.outcome, "status_reason": e.reason, "runtime": e.runtime,
+           "created_at": e.created_at, "ended_at": e.ended_at, "host": null})
 }
 
 async fn list_sessions(scaler: &Scaler, req: &Request<Incoming>) -> Result<HttpResponse, ApiError> {
@@ -267,9 +298,17 @@ async fn list_sessions(scaler: &Scaler, req: &Request<Incoming>) -> Result<HttpR
     .fetch_all(&scaler.db)
     .await
     .map_err(internal)?;
+    let ended: Vec<EndedRow> = sqlx::query_as(&format!(
+        "{ENDED_SELECT} WHERE user_id = $1 AND ended_at > now() - {RECENTLY_ENDED} ORDER BY ended_at DESC LIMIT 50"
+    ))
+    .bind(&user)
+    .fetch_all(&scaler.db)
+    .await
+    .map_err(internal)?;
     Ok(json(
         StatusCode::OK,
-        &json!({"sessions": rows.iter().map(session_json).collect::<Vec<_>>()}),
+        &json!({"sessions": rows.iter().map(session_json).collect::<Vec<_>>(),
+                "ended": ended.iter().map(ended_json).collect::<Vec<_>>()}),
     ))
 }
 
@@ -281,7 +320,11 @@ async fn delete_session(
     let user = user(scaler, req).await?;
     let id = session_id(id)?;
     // DYING notifies the host, which tears the session down and frees the slot.
-    let moved = sqlx::query("UPDATE sessions SET status = 'DYING', status_reason = 'deleted by its owner' WHERE id = $1 AND user_id = $2")
+    let moved = sqlx::query(
+        "UPDATE sessions SET status = 'DYING', \
+                status_reason = CASE WHEN outcome IS NULL THEN 'deleted by its owner' ELSE status_reason END, \
+                outcome = coalesce(outcome, 'DELETED') WHERE id = $1 AND user_id = $2",
+    )
         .bind(id)
         .bind(&user)
         .execute(&scaler.db)
@@ -300,18 +343,34 @@ async fn delete_session(
     ))
 }
 
+#[derive(sqlx::FromRow)]
+struct RuntimeRow {
+    name: String,
+    description: String,
+    ports: serde_json::Value,
+    memory_mib: i32,
+    cpu_shares: i32,
+    idle_timeout_s: Option<i32>,
+    has_init: bool,
+    user_volume_path: Option<String>,
+}
+
 async fn runtimes(scaler: &Scaler, req: &Request<Incoming>) -> Result<HttpResponse, ApiError> {
     user(scaler, req).await?;
-    let rows: Vec<(String, String, serde_json::Value, i32, i32, Option<i32>)> =
-        sqlx::query_as("SELECT name, description, ports, memory_mib, cpu_shares, idle_timeout_s FROM runtimes ORDER BY name")
-            .fetch_all(&scaler.db)
-            .await
-            .map_err(internal)?;
+    let rows: Vec<RuntimeRow> = sqlx::query_as(
+        "SELECT name, description, ports, memory_mib, cpu_shares, idle_timeout_s, \
+                init IS NOT NULL AS has_init, user_volume->>'path' AS user_volume_path FROM runtimes ORDER BY name",
+    )
+    .fetch_all(&scaler.db)
+    .await
+    .map_err(internal)?;
     let list: Vec<_> = rows
         .into_iter()
-        .map(|(name, description, ports, memory_mib, cpu_shares, idle)| {
-            json!({"name": name, "description": description, "ports": ports, "memory_mib": memory_mib,
-                   "cpu_shares": cpu_shares, "idle_timeout_s": idle})
+        .map(|r| {
+            json!({"name": r.name, "description": r.description, "ports": r.ports,
+                   "limits": {"memory_mib": r.memory_mib, "cpu_shares": r.cpu_shares, "idle_timeout_s": r.idle_timeout_s},
+                   "memory_mib": r.memory_mib, "cpu_shares": r.cpu_shares, "idle_timeout_s": r.idle_timeout_s,
+                   "init": r.has_init, "user_volume": r.user_volume_path})
         })
         .collect();
     Ok(json(StatusCode::OK, &json!({"runtimes": list})))

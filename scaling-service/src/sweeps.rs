@@ -54,6 +54,11 @@ pub async fn liveness(scaler: &Scaler, region: &str) -> Result<(), DbError> {
     .execute(&scaler.db)
     .await
     .map_err(DbError::query("terminating overdue draining hosts"))?;
+    // Users are told how their sessions ended for a week; then it is forgotten.
+    sqlx::query("DELETE FROM session_history WHERE ended_at < now() - interval '7 days'")
+        .execute(&scaler.db)
+        .await
+        .map_err(DbError::query("pruning old session endings"))?;
     let moved = unregistered.rows_affected() + silent.rows_affected() + done.rows_affected();
     if moved > 0 {
         tracing::warn!(

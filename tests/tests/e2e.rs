@@ -46,14 +46,23 @@ struct System {
 
 impl System {
     async fn start(target_free_slots: i32, max_hosts: i32) -> Self {
+        Self::start_with_idle_timeout(target_free_slots, max_hosts, None).await
+    }
+
+    async fn start_with_idle_timeout(
+        target_free_slots: i32,
+        max_hosts: i32,
+        idle_timeout_s: Option<i32>,
+    ) -> Self {
         let db = TestDb::new().await;
         let env = format!("e{}", &uuid::Uuid::new_v4().simple().to_string()[..10]);
         let local_dir = std::env::temp_dir().join(format!("berth-e2e-{env}"));
         sqlx::query(
-            "INSERT INTO runtimes (name, image, ports, readiness, needs_tty, memory_mib) VALUES ('desktop', $1, \
-             '[{\"container_port\": 8080, \"protocol\": \"tcp\"}]', '{\"http\": {\"port\": 8080, \"path\": \"/ready\"}}', true, 64)",
+            "INSERT INTO runtimes (name, image, ports, readiness, needs_tty, memory_mib, idle_timeout_s) VALUES ('desktop', $1, \
+             '[{\"container_port\": 8080, \"protocol\": \"tcp\"}]', '{\"http\": {\"port\": 8080, \"path\": \"/ready\"}}', true, 64, $2)",
         )
         .bind(std::env::var("BERTH_TEST_IMAGE").unwrap_or_else(|_| "berth-test-app:1".into()))
+        .bind(idle_timeout_s)
         .execute(&db.pool)
         .await
         .unwrap();
@@ -371,5 +380,48 @@ async fn a_killed_host_process_is_drained_terminated_and_replaced() {
         .await
         .unwrap();
     assert!(!hosts.contains(&victim));
+    system.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_session_is_reaped_and_its_user_is_told_why() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let system = System::start_with_idle_timeout(2, 1, Some(2)).await;
+    system.warm(1, 2).await;
+    let (alice, bob) = (system.user("alice"), system.user("bob"));
+    let (assigned, _token, _) = running_session(&alice, "idle-1").await;
+    let id = assigned.session_id.clone();
+
+    // Nobody uses it: within the timeout plus a check or two, it is gone.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let ended = loop {
+        let status = alice.session(&id).await.unwrap();
+        if status["status"] != "RUNNING" && status["status"] != "DYING" {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "not reaped in 30 s: {status}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(ended["status"], "REAPED", "{ended}");
+    let reason = ended["status_reason"].as_str().unwrap();
+    assert!(reason.contains("idle"), "{reason}");
+    assert!(ended["ended_at"].is_string());
+    let listed = alice.sessions().await.unwrap();
+    assert_eq!(listed["sessions"].as_array().unwrap().len(), 0);
+    assert_eq!(listed["ended"][0]["session_id"], id);
+    assert_eq!(listed["ended"][0]["status"], "REAPED");
+    // Another user learns nothing about it.
+    let theirs = bob.session(&id).await.unwrap_err();
+    assert_eq!(theirs.status(), Some(404));
+    assert_eq!(bob.sessions().await.unwrap()["ended"], json!([]));
+    // Its slot came back to the buffer.
+    system
+        .wait(
+            "the slot back",
+            Duration::from_secs(30),
+            "SELECT count(*) FROM sessions WHERE status = 'WAITING'",
+            2,
+        )
+        .await;
     system.stop().await;
 }
