@@ -139,10 +139,11 @@ pub fn bearer<B>(req: &Request<B>) -> Result<String, ApiError> {
 /// `accept` turns each TCP connection into the stream to speak HTTP on (a TLS
 /// handshake for the host API, nothing for the scaler) and runs in the
 /// connection's own task, so a slow client never stalls accepting. Headers
-/// must arrive within 10 s; in-flight requests get 5 s when stopping.
+/// must arrive within `header_timeout`; in-flight requests get 5 s when stopping.
 pub async fn serve<A, AFut, IO, H, HFut, B>(
     listener: tokio::net::TcpListener,
     stop: tokio_util::sync::CancellationToken,
+    header_timeout: Duration,
     accept: A,
     handler: H,
 ) where
@@ -160,7 +161,7 @@ pub async fn serve<A, AFut, IO, H, HFut, B>(
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(10));
+        .header_read_timeout(header_timeout);
     builder.http2().timer(TokioTimer::new());
     let builder = std::sync::Arc::new(builder);
     loop {

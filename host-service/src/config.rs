@@ -124,6 +124,14 @@ pub struct Config {
     #[arg(long, env = "BERTH_MAX_BODY_BYTES", default_value_t = 1 << 20)]
     pub max_body_bytes: usize,
 
+    /// Seconds a client gets for its TLS handshake, and again for its request headers.
+    #[arg(long, env = "BERTH_HEADER_TIMEOUT_SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=300))]
+    pub header_timeout_secs: u64,
+
+    /// Seconds a client gets to send a whole json_transport body.
+    #[arg(long, env = "BERTH_BODY_TIMEOUT_SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=600))]
+    pub body_timeout_secs: u64,
+
     /// Extra Docker security options for session containers (e.g. apparmor=berth-session), comma-separated.
     #[arg(long, env = "BERTH_SECURITY_OPTS", value_delimiter = ',')]
     pub security_opts: Vec<String>,

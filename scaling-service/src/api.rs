@@ -17,12 +17,13 @@ use crate::auth::AuthError;
 use crate::scaler::Scaler;
 
 const BODY_TIMEOUT: Duration = Duration::from_secs(15);
+const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 const OPENAPI: &str = include_str!("openapi.json");
 
 pub async fn serve(scaler: Arc<Scaler>, listener: TcpListener) {
     let stop = scaler.stop.clone();
     let plain = |tcp: tokio::net::TcpStream| async move { Some(tcp) };
-    berth_common::http::serve(listener, stop, plain, move |req| {
+    berth_common::http::serve(listener, stop, HEADER_TIMEOUT, plain, move |req| {
         handle(scaler.clone(), req)
     })
     .await;

@@ -18,15 +18,15 @@ pub use routes::parse_json_transport;
 
 use crate::host::Host;
 
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-
 pub async fn serve(host: Arc<Host>, listener: TcpListener, tls: Arc<rustls::ServerConfig>) {
     let acceptor = TlsAcceptor::from(tls);
+    // The TLS handshake and then the headers each get this long.
+    let header_timeout = Duration::from_secs(host.config.header_timeout_secs);
     let handshake = move |tcp: tokio::net::TcpStream| {
         let acceptor = acceptor.clone();
         async move {
             let peer = tcp.peer_addr().ok();
-            match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+            match tokio::time::timeout(header_timeout, acceptor.accept(tcp)).await {
                 Ok(Ok(tls)) => Some(tls),
                 Ok(Err(error)) => {
                     tracing::debug!(?peer, %error, "TLS handshake failed");
@@ -41,5 +41,5 @@ pub async fn serve(host: Arc<Host>, listener: TcpListener, tls: Arc<rustls::Serv
     };
     let stop = host.stop.clone();
     let handler = move |req| routes::handle(host.clone(), req);
-    berth_common::http::serve(listener, stop, handshake, handler).await;
+    berth_common::http::serve(listener, stop, header_timeout, handshake, handler).await;
 }

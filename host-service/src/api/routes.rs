@@ -17,8 +17,6 @@ use crate::session::finish::{self, FinishError};
 use crate::session::teardown::{spawn_teardown, Ending};
 use crate::session::{init, Session};
 
-/// A slow client gets this long to send its whole body.
-const BODY_TIMEOUT: Duration = Duration::from_secs(30);
 const OPENAPI: &str = include_str!("openapi.json");
 
 /// Every request: the proxy and login stream or redirect; the rest answer
@@ -129,7 +127,8 @@ async fn json_transport(
     req: Request<Incoming>,
 ) -> Result<HttpResponse, ApiError> {
     let token = bearer(&req)?;
-    let body = read_body(req, host.config.max_body_bytes, BODY_TIMEOUT).await?;
+    let body_timeout = Duration::from_secs(host.config.body_timeout_secs);
+    let body = read_body(req, host.config.max_body_bytes, body_timeout).await?;
     let (id, json_data) = parse_json_transport(&body)?;
     let finished = finish::json_transport(host, id, &token, json_data)
         .await
