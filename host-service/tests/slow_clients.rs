@@ -38,7 +38,10 @@ async fn until_closed<S: tokio::io::AsyncRead + Unpin>(stream: &mut S) -> (Strin
             Err(_) => panic!("the server kept a stalled connection open for 10 s"),
         }
     }
-    (String::from_utf8_lossy(&said).into_owned(), started.elapsed())
+    (
+        String::from_utf8_lossy(&said).into_owned(),
+        started.elapsed(),
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -46,7 +49,12 @@ async fn stalled_clients_are_cut_off_without_blocking_anyone_or_changing_anythin
     let timeout = TIMEOUT_S.to_string();
     let (db, th) = warm_host(
         1,
-        &["--header-timeout-secs", &timeout, "--body-timeout-secs", &timeout],
+        &[
+            "--header-timeout-secs",
+            &timeout,
+            "--body-timeout-secs",
+            &timeout,
+        ],
     )
     .await;
     let (id, token) = allocate(&db.pool, &th.host_id, "slow-user").await;
@@ -83,26 +91,45 @@ async fn stalled_clients_are_cut_off_without_blocking_anyone_or_changing_anythin
     let started = Instant::now();
     let health = th.client().get(th.url("/healthz")).send().await.unwrap();
     assert_eq!(health.status(), 200);
-    assert!(started.elapsed() < Duration::from_secs(TIMEOUT_S), "served while 31 clients stall");
+    assert!(
+        started.elapsed() < Duration::from_secs(TIMEOUT_S),
+        "served while 31 clients stall"
+    );
 
     // The slow body gets a 408 after its timeout, not before.
     let (answer, took) = until_closed(&mut slow_body).await;
     assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
     assert!(answer.contains("REQUEST_TIMEOUT"), "{answer}");
-    assert!(took >= Duration::from_millis(TIMEOUT_S * 1000 - 200), "cut after {took:?}");
+    assert!(
+        took >= Duration::from_millis(TIMEOUT_S * 1000 - 200),
+        "cut after {took:?}"
+    );
     // Stalled headers and handshakes are closed within a few timeouts.
     for mut stream in slowloris {
         let (_, took) = until_closed(&mut stream).await;
-        assert!(took < Duration::from_secs(5 * TIMEOUT_S), "headers stalled {took:?}");
+        assert!(
+            took < Duration::from_secs(5 * TIMEOUT_S),
+            "headers stalled {took:?}"
+        );
     }
     for mut stream in no_handshake {
         let (_, took) = until_closed(&mut stream).await;
-        assert!(took < Duration::from_secs(5 * TIMEOUT_S), "handshake stalled {took:?}");
+        assert!(
+            took < Duration::from_secs(5 * TIMEOUT_S),
+            "handshake stalled {took:?}"
+        );
     }
 
     // Nothing changed: the session still waits for its client, no config.json.
-    assert_eq!(session_status(&db.pool, id).await.as_deref(), Some("CONNECTING"));
-    let config = th.state_dir.join("sessions").join(id.to_string()).join("config.json");
+    assert_eq!(
+        session_status(&db.pool, id).await.as_deref(),
+        Some("CONNECTING")
+    );
+    let config = th
+        .state_dir
+        .join("sessions")
+        .join(id.to_string())
+        .join("config.json");
     assert!(!config.exists());
     // And its real client is served normally.
     let response = th

@@ -636,3 +636,79 @@ async fn a_users_volume_follows_them_and_no_one_else() {
     );
     let _ = std::fs::remove_dir_all(&root);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_daemon_restart_keeps_the_proxy_the_init_answer_and_the_users_data() {
+    let root = std::env::temp_dir().join(format!("berth-users-{}", Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&root).unwrap();
+    let root_arg = root.display().to_string();
+    let (db, mut th) = web_host(
+        json!({"init": {"port": 8081, "path": "/init"},
+               "user_volume": {"path": "/data", "uid": 1000, "gid": 1000}}),
+        1,
+        &["--user-data-root", &root_arg],
+    )
+    .await;
+    let (id, token, answer) = running_session(&db, &th, "hana").await;
+    let container = format!("berth-{id}");
+    let (ok, _) = docker_status(&[
+        "exec",
+        "-u",
+        "1000",
+        &container,
+        "sh",
+        "-c",
+        "echo before > /data/f",
+    ]);
+    assert!(ok);
+
+    // SIGTERM-equivalent stop, then a new daemon on the same state.
+    th.daemon.take().unwrap().stop().await;
+    let th = start_with(th.args.clone(), th.host_id.clone(), th.state_dir.clone()).await;
+    let mut ws = websocket(
+        &th,
+        &format!("/sessions/{id}/proxy/8081/echo"),
+        ("authorization", &format!("Bearer {token}")),
+    )
+    .await
+    .expect("the adopted session is proxied");
+    echo_round_trip(&mut ws, Message::text("after restart")).await;
+    drop(ws);
+    let status: Value = th
+        .client()
+        .get(th.url(&format!("/sessions/{id}")))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(status["status"], "RUNNING");
+    assert_eq!(status["init"], answer["init"], "the same init answer");
+    let (ok, data) = docker_status(&["exec", &container, "cat", "/data/f"]);
+    assert!(ok && data == b"before\n", "the volume is still mounted");
+
+    let deleted = th
+        .client()
+        .delete(th.url(&format!("/sessions/{id}")))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(deleted.status(), 200);
+    eventually(
+        "the session to be gone",
+        Duration::from_secs(20),
+        || async { session_status(&db.pool, id).await.is_none() },
+    )
+    .await;
+    assert!(!th.state_dir.join("volumes").join(id.to_string()).exists());
+    th.cleanup().await;
+    let kept: Vec<_> = std::fs::read_dir(&root).unwrap().flatten().collect();
+    assert_eq!(
+        std::fs::read(kept[0].path().join("f")).unwrap(),
+        b"before\n"
+    );
+    let _ = std::fs::remove_dir_all(&root);
+}
