@@ -4,6 +4,9 @@
 //!    WAITING row) against raw Docker create+start of the same image;
 //!  * warm allocation → RUNNING latency (claim, config.json, readiness, RUNNING),
 //!    as the client sees json_transport;
+//!  * the session proxy: request latency and streaming throughput through
+//!    the host's HTTPS port against the same requests sent straight to the
+//!    container;
 //!  * the daemon's idle RSS as a process with a warm pool.
 
 use std::process::Stdio;
@@ -22,6 +25,8 @@ use host_service::session::teardown::{teardown, Ending};
 
 const COLD_RUNS: usize = 12;
 const WARM_RUNS: usize = 40;
+const PROXY_RUNS: usize = 200;
+const STREAM_BYTES: usize = 64 * 1024 * 1024;
 
 fn image() -> String {
     std::env::var("BERTH_TEST_IMAGE").unwrap_or_else(|_| "berth-test-app:1".to_owned())
@@ -44,7 +49,7 @@ fn summary(name: &str, mut ms: Vec<f64>) -> (f64, f64) {
 async fn add_runtime(db: &TestDb) {
     sqlx::query(
         "INSERT INTO runtimes (name, image, ports, memory_mib, needs_tty, readiness) VALUES ('bench', $1, \
-         '[{\"container_port\": 8080, \"protocol\": \"tcp\"}]', 64, true, '{\"http\": {\"port\": 8080, \"path\": \"/ready\"}}')",
+         '[{\"container_port\": 8080, \"protocol\": \"tcp\"}, {\"container_port\": 8081, \"protocol\": \"tcp\"}]', 64, true, '{\"http\": {\"port\": 8080, \"path\": \"/ready\"}}')",
     )
     .bind(image())
     .execute(&db.pool)
@@ -111,6 +116,115 @@ async fn raw_docker_create_start(docker: &bollard::Docker) -> f64 {
         )
         .await;
     ms
+}
+
+/// Allocates and finishes one session, then times the same requests through
+/// the proxy and straight to the container (the baseline, same run).
+async fn proxy_bench(db: &TestDb, d: &daemon::Daemon, client: &reqwest::Client, host: &HostId) {
+    let id: uuid::Uuid = loop {
+        let waiting: Option<uuid::Uuid> = sqlx::query_scalar(
+            "SELECT id FROM sessions WHERE host_id = $1 AND status = 'WAITING' LIMIT 1",
+        )
+        .bind(host.to_string())
+        .fetch_optional(&db.pool)
+        .await
+        .unwrap();
+        if let Some(id) = waiting {
+            break id;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let token = new_session_token();
+    let mut tx = db.pool.begin().await.unwrap();
+    sqlx::query("UPDATE sessions SET status = 'ALLOCATED', user_id = 'bench', token_sha256 = $2 WHERE id = $1")
+        .bind(id)
+        .bind(&token.sha256_hex)
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    db::take_free_slot(&mut *tx, host).await.unwrap();
+    tx.commit().await.unwrap();
+    let base = format!("https://127.0.0.1:{}", d.api_addr.port());
+    let body = serde_json::json!({"session_id": id, "json_data": "{}"});
+    let finished = client
+        .put(format!("{base}/json_transport"))
+        .bearer_auth(&token.token)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(finished.status(), 200);
+    let ip = d
+        .host
+        .session(berth_common::SessionId(id))
+        .and_then(|s| s.container_ip)
+        .expect("the session's container address");
+    let direct = reqwest::Client::new();
+    let proxied = format!("{base}/sessions/{id}/proxy/8081");
+    let straight = format!("http://{ip}:8081");
+    let (mut via, mut raw) = (vec![], vec![]);
+    for _ in 0..PROXY_RUNS {
+        let started = Instant::now();
+        let r = direct
+            .get(format!("{straight}/ready"))
+            .send()
+            .await
+            .unwrap();
+        r.bytes().await.unwrap();
+        raw.push(started.elapsed().as_secs_f64() * 1e3);
+        let started = Instant::now();
+        let r = client
+            .get(format!("{proxied}/ready"))
+            .bearer_auth(&token.token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        r.bytes().await.unwrap();
+        via.push(started.elapsed().as_secs_f64() * 1e3);
+    }
+    let (raw50, _) = summary("GET straight to the container (baseline)", raw);
+    let (via50, _) = summary("GET through the HTTPS proxy", via);
+    println!(
+        "{:<44} {:.2}x",
+        "ratio proxy / straight (p50)",
+        via50 / raw50
+    );
+    let mb = STREAM_BYTES as f64 / 1e6;
+    let started = Instant::now();
+    let n = direct
+        .get(format!("{straight}/stream?bytes={STREAM_BYTES}"))
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap()
+        .len();
+    assert_eq!(n, STREAM_BYTES);
+    let raw_mbs = mb / started.elapsed().as_secs_f64();
+    let started = Instant::now();
+    let n = client
+        .get(format!("{proxied}/stream?bytes={STREAM_BYTES}"))
+        .bearer_auth(&token.token)
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap()
+        .len();
+    assert_eq!(n, STREAM_BYTES);
+    let via_mbs = mb / started.elapsed().as_secs_f64();
+    println!(
+        "{:<44} {raw_mbs:>7.0} MB/s",
+        "stream 64 MiB straight (baseline)"
+    );
+    println!(
+        "{:<44} {via_mbs:>7.0} MB/s  ({:.2}x of straight)",
+        "stream 64 MiB through the HTTPS proxy",
+        via_mbs / raw_mbs
+    );
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -206,6 +320,7 @@ async fn main() {
             .unwrap();
     }
     summary("warm allocation -> RUNNING (json_transport)", warm);
+    proxy_bench(&db, &d, &client, &host).await;
     d.stop().await;
 
     // 3. Idle RSS of the daemon process with a warm pool of 2.

@@ -10,12 +10,12 @@ use berth_common::db::{Hint, HintListener};
 use berth_common::{HostStatus, SessionId, SessionStatus};
 use serde::Deserialize;
 
-use crate::drain;
 use crate::host::Host;
 use crate::registry;
 use crate::session::finish::claim;
 use crate::session::teardown::{spawn_teardown, Ending};
 use crate::session::{Phase, Session};
+use crate::{drain, warm_pool};
 
 /// A session in the table without a row is only suspicious once it is older
 /// than this: warm sessions enter the table just before their row.
@@ -24,7 +24,7 @@ const ROW_GRACE: Duration = Duration::from_secs(30);
 pub async fn run(host: Arc<Host>) {
     let channel = host.id.channel();
     let mut listener = loop {
-        match HintListener::connect(&host.db, &[&channel]).await {
+        match HintListener::connect(&host.db, &[&channel, "config"]).await {
             Ok(listener) => break listener,
             Err(error) => {
                 tracing::warn!(%error, "cannot LISTEN yet; retrying");
@@ -56,6 +56,8 @@ pub async fn run(host: Arc<Host>) {
 struct Payload {
     kind: String,
     id: Option<String>,
+    /// `config` hints name the changed row by its key.
+    key: Option<String>,
     status: Option<String>,
 }
 
@@ -80,6 +82,11 @@ fn handle(host: &Arc<Host>, payload: &str) {
                 _ => {}
             }
         }
+        ("runtimes", _) if p.key.as_deref() == Some(host.runtime().name.as_str()) => {
+            let host2 = host.clone();
+            host.tasks
+                .spawn(async move { warm_pool::refresh_runtime(&host2).await });
+        }
         ("host", Some("DRAINING")) => drain::start(host),
         ("host", Some("DELETED" | "TERMINATING" | "TERMINATED")) => drain::start(host),
         _ => {}
@@ -95,8 +102,9 @@ fn spawn_claim(host: &Arc<Host>, session: Arc<Session>) {
     });
 }
 
-/// Re-reads this host's rows and acts on all of them.
+/// Re-reads this host's rows and its runtime, and acts on all of them.
 pub async fn resync(host: &Arc<Host>) {
+    warm_pool::refresh_runtime(host).await;
     match registry::status(&host.db, &host.id).await {
         Ok(Some((HostStatus::Active, _))) => {}
         Ok(Some(_)) | Ok(None) => drain::start(host),

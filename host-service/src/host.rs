@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 use berth_common::{HostId, SessionId};
 use sqlx::PgPool;
@@ -33,7 +33,8 @@ pub struct Host {
     pub id: HostId,
     pub db: PgPool,
     pub docker: DockerEngine,
-    pub runtime: Arc<RuntimeSpec>,
+    /// The runtime new warm sessions are made of; replaced when its row changes.
+    runtime: RwLock<Arc<RuntimeSpec>>,
     pub uinput_enabled: bool,
     pub capacity: i32,
     pub metrics: Metrics,
@@ -79,7 +80,7 @@ impl Host {
             id,
             db,
             docker,
-            runtime: Arc::new(runtime),
+            runtime: RwLock::new(Arc::new(runtime)),
             uinput_enabled,
             capacity,
             metrics: Metrics::new(),
@@ -94,6 +95,17 @@ impl Host {
             drained: CancellationToken::new(),
             tasks: TaskTracker::new(),
         }
+    }
+
+    pub fn runtime(&self) -> Arc<RuntimeSpec> {
+        self.runtime
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    pub fn set_runtime(&self, runtime: Arc<RuntimeSpec>) {
+        *self.runtime.write().unwrap_or_else(|p| p.into_inner()) = runtime;
     }
 
     /// The resource tables, locked. Never held across an `.await`.

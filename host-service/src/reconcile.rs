@@ -95,7 +95,8 @@ async fn adopt(
     row: Row,
 ) -> bool {
     // A container of another runtime (the host's setting changed) is not ours to keep warm.
-    if label(container, LABEL_RUNTIME) != Some(host.runtime.name.as_str()) {
+    let runtime = host.runtime();
+    if label(container, LABEL_RUNTIME) != Some(runtime.name.as_str()) {
         return false;
     }
     let tty = label(container, LABEL_TTY).and_then(|t| t.parse::<u8>().ok());
@@ -132,7 +133,7 @@ async fn adopt(
     // an adopted session keeps whatever it has.
     let session = Session::new(
         id,
-        host.runtime.clone(),
+        runtime,
         paths,
         tty,
         ports,

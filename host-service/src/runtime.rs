@@ -41,7 +41,7 @@ pub struct UserVolume {
     pub gid: u32,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RuntimeSpec {
     pub name: String,
     pub image: String,

@@ -7,9 +7,14 @@ use std::time::Duration;
 
 use tokio::task::JoinSet;
 
+use berth_common::SessionId;
+
 use crate::host::Host;
 use crate::registry;
+use crate::runtime::RuntimeSpec;
 use crate::session::spawn::spawn_warm;
+use crate::session::teardown::{spawn_teardown, Ending};
+use crate::session::Phase;
 
 /// Re-check this often even without a poke (a missed hint, a failed spawn).
 const RECHECK: Duration = Duration::from_secs(5);
@@ -89,4 +94,73 @@ async fn refill_once(host: &Arc<Host>) -> usize {
     }
     host.metrics.warm_sessions.set(host.count("WAITING") as i64);
     failures
+}
+
+/// Re-reads this host's runtime row (on its `config` hint and at every
+/// resync). When it changed, new warm sessions use the new settings and the
+/// warm ones made from the old are replaced; sessions already handed to users
+/// keep what they started with. A row this host cannot serve (gone, invalid,
+/// a user volume without BERTH_USER_DATA_ROOT) leaves the old settings in
+/// place, loudly.
+pub async fn refresh_runtime(host: &Arc<Host>) {
+    if host.is_draining() {
+        return;
+    }
+    let current = host.runtime();
+    match RuntimeSpec::load(&host.db, &current.name).await {
+        Ok(fresh) if fresh == *current => {}
+        Ok(fresh) if fresh.user_volume.is_some() && host.user_data.is_none() => {
+            tracing::error!(
+                runtime = fresh.name,
+                "the runtime now mounts a user volume but BERTH_USER_DATA_ROOT is not set; keeping its previous settings"
+            );
+        }
+        Ok(fresh) => {
+            tracing::info!(
+                runtime = fresh.name,
+                image = fresh.image,
+                "runtime changed; replacing warm sessions"
+            );
+            host.set_runtime(Arc::new(fresh));
+        }
+        Err(error) => {
+            tracing::error!(%error, "re-reading this host's runtime failed; keeping its previous settings");
+        }
+    }
+    retire_outdated_warm(host).await;
+}
+
+/// Tears down warm sessions made from older runtime settings (also those
+/// whose spawn raced a change), so the pool refills with current ones.
+async fn retire_outdated_warm(host: &Arc<Host>) {
+    let current = host.runtime();
+    let stale: Vec<uuid::Uuid> = host
+        .sessions()
+        .iter()
+        .filter(|s| matches!(*s.phase(), Phase::Waiting) && *s.runtime != *current)
+        .map(|s| s.id.0)
+        .collect();
+    if stale.is_empty() {
+        return;
+    }
+    // Only rows still WAITING: one the scaler allocated meanwhile is its user's now.
+    let retired: Vec<uuid::Uuid> = match sqlx::query_scalar(
+        "UPDATE sessions SET status = 'DYING', outcome = 'ENDED', status_reason = 'its runtime changed' \
+         WHERE id = ANY($1) AND status = 'WAITING' RETURNING id",
+    )
+    .bind(&stale)
+    .fetch_all(&host.db)
+    .await
+    {
+        Ok(ids) => ids,
+        Err(error) => {
+            tracing::warn!(%error, "retiring outdated warm sessions failed; the next resync retries");
+            return;
+        }
+    };
+    for id in retired {
+        if let Some(session) = host.session(SessionId(id)) {
+            spawn_teardown(host, session, Ending::ended("its runtime changed"));
+        }
+    }
 }

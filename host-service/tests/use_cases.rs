@@ -712,3 +712,53 @@ async fn a_daemon_restart_keeps_the_proxy_the_init_answer_and_the_users_data() {
     );
     let _ = std::fs::remove_dir_all(&root);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_runtime_row_replaces_warm_sessions_and_spares_running_ones() {
+    let (db, th) = web_host(json!({}), 2, &[]).await;
+    let (running, token, _) = running_session(&db, &th, "ivan").await;
+    let env_of = |id: Uuid| {
+        docker(&[
+            "inspect",
+            "-f",
+            "{{json .Config.Env}}",
+            &format!("berth-{id}"),
+        ])
+    };
+    assert!(!env_of(running).contains("RUNTIME_GENERATION=2"));
+
+    // The operator changes the row; its NOTIFY reaches the host.
+    sqlx::query("UPDATE runtimes SET env = '{\"RUNTIME_GENERATION\": \"2\"}' WHERE name = 'web'")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    eventually(
+        "a warm session of the new settings",
+        Duration::from_secs(30),
+        || async {
+            let warm: Vec<Uuid> = sqlx::query_scalar(
+                "SELECT id FROM sessions WHERE host_id = $1 AND status = 'WAITING'",
+            )
+            .bind(&th.host_id)
+            .fetch_all(&db.pool)
+            .await
+            .unwrap();
+            warm.len() == 1 && env_of(warm[0]).contains("RUNTIME_GENERATION=2")
+        },
+    )
+    .await;
+    // The user's session kept its container and still serves.
+    assert_eq!(
+        session_status(&db.pool, running).await.as_deref(),
+        Some("RUNNING")
+    );
+    let ready = th
+        .client()
+        .get(th.url(&format!("/sessions/{running}/proxy/8081/ready")))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), 200);
+    th.cleanup().await;
+}

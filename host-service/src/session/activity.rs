@@ -55,7 +55,8 @@ impl Activity {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .elapsed();
-        let apps = std::fs::metadata(session_dir.join(ACTIVITY_FILE))
+        // Not followed if the app made it a symlink: only its own file counts.
+        let apps = std::fs::symlink_metadata(session_dir.join(ACTIVITY_FILE))
             .and_then(|m| m.modified())
             .ok()
             .map(|t| SystemTime::now().duration_since(t).unwrap_or_default());

@@ -14,6 +14,7 @@ use crate::docker::{ContainerSpec, DockerError};
 use crate::host::Host;
 use crate::resources::uinput::{InputError, SessionInput};
 use crate::resources::PortMapping;
+use crate::runtime::RuntimeSpec;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SpawnError {
@@ -38,6 +39,8 @@ pub enum SpawnError {
 /// What has been reserved so far, undone on failure.
 struct Partial<'a> {
     host: &'a Host,
+    /// The runtime as it was when this session started being made.
+    runtime: Arc<RuntimeSpec>,
     tty: Option<u8>,
     ports: Vec<PortMapping>,
     paths: Option<SessionPaths>,
@@ -72,10 +75,9 @@ impl Partial<'_> {
             .paths
             .unwrap_or_else(|| SessionPaths::new(&self.host.config, id));
         let container_id = self.container.unwrap_or_default();
-        let runtime = self.host.runtime.clone();
         Session::new(
             id,
-            runtime,
+            self.runtime,
             paths,
             self.tty,
             self.ports,
@@ -91,6 +93,7 @@ pub async fn spawn_warm(host: &Arc<Host>) -> Result<Arc<Session>, SpawnError> {
     let id = SessionId::new();
     let mut partial = Partial {
         host,
+        runtime: host.runtime(),
         tty: None,
         ports: vec![],
         paths: None,
@@ -122,7 +125,7 @@ async fn build(
     id: SessionId,
     partial: &mut Partial<'_>,
 ) -> Result<Option<IpAddr>, SpawnError> {
-    let rt = &host.runtime;
+    let rt = partial.runtime.clone();
     {
         let mut resources = host.resources();
         if rt.needs_tty {
@@ -151,7 +154,7 @@ async fn build(
     let spec = ContainerSpec {
         session: id,
         host: &host.id,
-        runtime: rt,
+        runtime: &rt,
         tty: partial.tty,
         ports: &partial.ports,
         input_event_nodes: input_nodes,
