@@ -46,18 +46,36 @@ fn summary(name: &str, mut ms: Vec<f64>) -> (f64, f64) {
     (p50, p99)
 }
 
+/// `bench`: one published port, like the cold baseline's comparison has
+/// always used; `bench-web`: also the helper app's port, for the proxy.
 async fn add_runtime(db: &TestDb) {
-    sqlx::query(
-        "INSERT INTO runtimes (name, image, ports, memory_mib, needs_tty, readiness) VALUES ('bench', $1, \
-         '[{\"container_port\": 8080, \"protocol\": \"tcp\"}, {\"container_port\": 8081, \"protocol\": \"tcp\"}]', 64, true, '{\"http\": {\"port\": 8080, \"path\": \"/ready\"}}')",
-    )
-    .bind(image())
-    .execute(&db.pool)
-    .await
-    .expect("runtime row");
+    for (name, ports) in [
+        ("bench", r#"[{"container_port": 8080, "protocol": "tcp"}]"#),
+        (
+            "bench-web",
+            r#"[{"container_port": 8080, "protocol": "tcp"}, {"container_port": 8081, "protocol": "tcp"}]"#,
+        ),
+    ] {
+        sqlx::query(
+            "INSERT INTO runtimes (name, image, ports, memory_mib, needs_tty, readiness) VALUES ($1, $2, \
+             $3::jsonb, 64, true, '{\"http\": {\"port\": 8080, \"path\": \"/ready\"}}')",
+        )
+        .bind(name)
+        .bind(image())
+        .bind(ports)
+        .execute(&db.pool)
+        .await
+        .expect("runtime row");
+    }
 }
 
-fn args(db: &TestDb, host_id: &str, capacity: u16, state: &std::path::Path) -> Vec<String> {
+fn args(
+    db: &TestDb,
+    host_id: &str,
+    runtime: &str,
+    capacity: u16,
+    state: &std::path::Path,
+) -> Vec<String> {
     [
         "host-service",
         "--database-url",
@@ -76,7 +94,7 @@ fn args(db: &TestDb, host_id: &str, capacity: u16, state: &std::path::Path) -> V
         "--publish-ip",
         "127.0.0.1",
         "--runtime",
-        "bench",
+        runtime,
         "--stop-grace-secs",
         "1",
         "--uinput",
@@ -235,7 +253,7 @@ async fn main() {
     let state = std::env::temp_dir().join(format!("berth-bench-{}", std::process::id()));
 
     // 1. Cold spin-up: raw Docker vs the daemon's whole warm-session path, interleaved.
-    let cli = Cli::try_parse_from(args(&db, "bench-cold", 1, &state)).unwrap();
+    let cli = Cli::try_parse_from(args(&db, "bench-cold", "bench", 1, &state)).unwrap();
     let d = daemon::start(cli.config).await.expect("daemon starts");
     // Let the daemon's own pool fill its one slot first, so it does not compete.
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -259,7 +277,7 @@ async fn main() {
     d.stop().await;
 
     // 2. Warm allocation -> RUNNING, as the client sees json_transport.
-    let cli = Cli::try_parse_from(args(&db, "bench-warm", 1, &state)).unwrap();
+    let cli = Cli::try_parse_from(args(&db, "bench-warm", "bench-web", 1, &state)).unwrap();
     let d = daemon::start(cli.config).await.expect("daemon starts");
     let client = reqwest::Client::builder()
         .use_preconfigured_tls(tls::pinned_client_config(&d.cert_sha256).unwrap())
@@ -326,7 +344,7 @@ async fn main() {
     // 3. Idle RSS of the daemon process with a warm pool of 2.
     let exe = std::env::var("BERTH_HOST_SERVICE_BIN")
         .unwrap_or_else(|_| "target/debug/host-service".to_owned());
-    let argv = args(&db, "bench-rss", 2, &state);
+    let argv = args(&db, "bench-rss", "bench", 2, &state);
     let mut child = std::process::Command::new(&exe)
         .args(&argv[1..])
         .env("RUST_LOG", "warn")
