@@ -136,9 +136,12 @@ async fn raw_docker_create_start(docker: &bollard::Docker) -> f64 {
     ms
 }
 
-/// Allocates and finishes one session, then times the same requests through
-/// the proxy and straight to the container (the baseline, same run).
-async fn proxy_bench(db: &TestDb, d: &daemon::Daemon, client: &reqwest::Client, host: &HostId) {
+/// What the scaler's assign does, for one host: waits for a warm session,
+/// marks it ALLOCATED with a fresh token and takes its slot.
+async fn allocate_warm(
+    db: &TestDb,
+    host: &HostId,
+) -> (uuid::Uuid, berth_common::auth::NewSessionToken) {
     let id: uuid::Uuid = loop {
         let waiting: Option<uuid::Uuid> = sqlx::query_scalar(
             "SELECT id FROM sessions WHERE host_id = $1 AND status = 'WAITING' LIMIT 1",
@@ -162,6 +165,13 @@ async fn proxy_bench(db: &TestDb, d: &daemon::Daemon, client: &reqwest::Client, 
         .unwrap();
     db::take_free_slot(&mut *tx, host).await.unwrap();
     tx.commit().await.unwrap();
+    (id, token)
+}
+
+/// Allocates and finishes one session, then times the same requests through
+/// the proxy and straight to the container (the baseline, same run).
+async fn proxy_bench(db: &TestDb, d: &daemon::Daemon, client: &reqwest::Client, host: &HostId) {
+    let (id, token) = allocate_warm(db, host).await;
     let base = format!("https://127.0.0.1:{}", d.api_addr.port());
     let body = serde_json::json!({"session_id": id, "json_data": "{}"});
     let finished = client
@@ -286,27 +296,7 @@ async fn main() {
     let host = HostId::parse("bench-warm").unwrap();
     let mut warm = vec![];
     for _ in 0..WARM_RUNS {
-        let id = loop {
-            let waiting: Option<uuid::Uuid> =
-                sqlx::query_scalar("SELECT id FROM sessions WHERE host_id = 'bench-warm' AND status = 'WAITING' LIMIT 1")
-                    .fetch_optional(&db.pool)
-                    .await
-                    .unwrap();
-            if let Some(id) = waiting {
-                break id;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        };
-        let token = new_session_token();
-        let mut tx = db.pool.begin().await.unwrap();
-        sqlx::query("UPDATE sessions SET status = 'ALLOCATED', user_id = 'bench', token_sha256 = $2 WHERE id = $1")
-            .bind(id)
-            .bind(&token.sha256_hex)
-            .execute(&mut *tx)
-            .await
-            .unwrap();
-        db::take_free_slot(&mut *tx, &host).await.unwrap();
-        tx.commit().await.unwrap();
+        let (id, token) = allocate_warm(&db, &host).await;
         let body = serde_json::json!({"session_id": id, "json_data": "{\"bench\": true}"});
         let started = Instant::now();
         let response = client

@@ -253,14 +253,7 @@ async fn a_client_faster_than_the_allocation_hint_is_served() {
     let (db, th) = warm_host(1, &[]).await;
     let (id, token) = allocate(&db.pool, &th.host_id, "quick").await;
     // No wait for CONNECTING: json_transport claims the session itself.
-    let response = th
-        .client()
-        .put(th.url("/json_transport"))
-        .bearer_auth(&token)
-        .json(&json_transport_body(id, "{}"))
-        .send()
-        .await
-        .unwrap();
+    let response = th.json_transport(&token, id, "{}").await;
     assert_eq!(response.status(), 200);
     assert_eq!(
         session_status(&db.pool, id).await.as_deref(),

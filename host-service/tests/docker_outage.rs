@@ -71,14 +71,7 @@ async fn a_docker_outage_is_reported_sessions_are_kept_and_everything_recovers()
     std::env::set_var("DOCKER_HOST", format!("unix://{}", proxy.path.display()));
     let (db, th) = warm_host(3, &["--resync-secs", "1"]).await;
     let (running, running_token) = allocate(&db.pool, &th.host_id, "a").await;
-    let r = th
-        .client()
-        .put(th.url("/json_transport"))
-        .bearer_auth(&running_token)
-        .json(&json_transport_body(running, "{}"))
-        .send()
-        .await
-        .unwrap();
+    let r = th.json_transport(&running_token, running, "{}").await;
     assert_eq!(r.status(), 200);
     let port = r.json::<serde_json::Value>().await.unwrap()["ports"][0]["host_port"]
         .as_u64()
@@ -115,14 +108,7 @@ async fn a_docker_outage_is_reported_sessions_are_kept_and_everything_recovers()
     assert!(served.status().is_success());
     // A warm session can still be finished: only readiness and the DB are involved.
     let (second, second_token) = allocate(&db.pool, &th.host_id, "b").await;
-    let r = th
-        .client()
-        .put(th.url("/json_transport"))
-        .bearer_auth(&second_token)
-        .json(&json_transport_body(second, "{}"))
-        .send()
-        .await
-        .unwrap();
+    let r = th.json_transport(&second_token, second, "{}").await;
     assert_eq!(
         r.status(),
         200,
@@ -130,13 +116,7 @@ async fn a_docker_outage_is_reported_sessions_are_kept_and_everything_recovers()
     );
     // Ending a session cannot remove its container now: it stays DYING with
     // its TTY and ports held, rather than handing them to someone else.
-    let r = th
-        .client()
-        .delete(th.url(&format!("/sessions/{running}")))
-        .bearer_auth(&running_token)
-        .send()
-        .await
-        .unwrap();
+    let r = th.delete_session(&running_token, running).await;
     assert_eq!(r.status(), 200);
     assert_eq!(
         session_status(&db.pool, running).await.as_deref(),

@@ -26,14 +26,7 @@ async fn a_session_goes_from_warm_to_running_and_teardown_leaves_nothing() {
     )
     .await;
 
-    let response = th
-        .client()
-        .put(th.url("/json_transport"))
-        .bearer_auth(&token)
-        .json(&json_transport_body(id, JSON_DATA))
-        .send()
-        .await
-        .unwrap();
+    let response = th.json_transport(&token, id, JSON_DATA).await;
     assert_eq!(response.status(), 200);
     let body: serde_json::Value = response.json().await.unwrap();
     assert_eq!(body["status"], "RUNNING");
@@ -88,13 +81,7 @@ async fn a_session_goes_from_warm_to_running_and_teardown_leaves_nothing() {
         .unwrap();
     assert_eq!(status["status"], "RUNNING");
 
-    let deleted = th
-        .client()
-        .delete(th.url(&format!("/sessions/{id}")))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap();
+    let deleted = th.delete_session(&token, id).await;
     assert_eq!(deleted.status(), 200);
 
     // Nothing left: no container, no directories, no row; TTY and port freed.
@@ -278,14 +265,7 @@ async fn an_app_that_never_gets_ready_is_torn_down_with_a_clear_error() {
     .await;
     wait_warm(&db, &th, 1).await;
     let (id, token) = allocate(&db.pool, &th.host_id, "u").await;
-    let response = th
-        .client()
-        .put(th.url("/json_transport"))
-        .bearer_auth(&token)
-        .json(&json_transport_body(id, "{}"))
-        .send()
-        .await
-        .unwrap();
+    let response = th.json_transport(&token, id, "{}").await;
     assert_eq!(response.status(), 504);
     let body: serde_json::Value = response.json().await.unwrap();
     assert_eq!(body["error"]["code"], "APP_NOT_READY");

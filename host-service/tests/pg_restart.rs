@@ -84,14 +84,7 @@ async fn a_postgres_restart_loses_no_allocation_and_heartbeats_resume() {
         now > before
     })
     .await;
-    let response = th
-        .client()
-        .put(th.url("/json_transport"))
-        .bearer_auth(&token)
-        .json(&json_transport_body(id, "{}"))
-        .send()
-        .await
-        .unwrap();
+    let response = th.json_transport(&token, id, "{}").await;
     assert_eq!(response.status(), 200, "the daemon's pool works again");
     assert_eq!(
         session_status(&db.pool, id).await.as_deref(),

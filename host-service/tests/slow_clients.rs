@@ -132,14 +132,7 @@ async fn stalled_clients_are_cut_off_without_blocking_anyone_or_changing_anythin
         .join("config.json");
     assert!(!config.exists());
     // And its real client is served normally.
-    let response = th
-        .client()
-        .put(th.url("/json_transport"))
-        .bearer_auth(&token)
-        .json(&json_transport_body(id, "{}"))
-        .send()
-        .await
-        .unwrap();
+    let response = th.json_transport(&token, id, "{}").await;
     assert_eq!(response.status(), 200);
     th.cleanup().await;
 }

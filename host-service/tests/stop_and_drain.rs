@@ -13,14 +13,7 @@ use uuid::Uuid;
 
 async fn running_session(db: &TestDb, th: &TestHost) -> (Uuid, String, u64) {
     let (id, token) = allocate(&db.pool, &th.host_id, "user").await;
-    let response = th
-        .client()
-        .put(th.url("/json_transport"))
-        .bearer_auth(&token)
-        .json(&json_transport_body(id, "{\"k\": 1}"))
-        .send()
-        .await
-        .unwrap();
+    let response = th.json_transport(&token, id, "{\"k\": 1}").await;
     assert_eq!(response.status(), 200);
     let body: serde_json::Value = response.json().await.unwrap();
     (id, token, body["ports"][0]["host_port"].as_u64().unwrap())

@@ -58,14 +58,7 @@ async fn web_host(runtime: Value, capacity: u16, extra: &[&str]) -> (TestDb, Tes
 /// Allocates a warm session for `user` and finishes it: (id, token, answer).
 async fn running_session(db: &TestDb, th: &TestHost, user: &str) -> (Uuid, String, Value) {
     let (id, token) = allocate(&db.pool, &th.host_id, user).await;
-    let response = th
-        .client()
-        .put(th.url("/json_transport"))
-        .bearer_auth(&token)
-        .json(&json_transport_body(id, "{\"user\": \"x\"}"))
-        .send()
-        .await
-        .unwrap();
+    let response = th.json_transport(&token, id, "{\"user\": \"x\"}").await;
     assert_eq!(response.status(), 200, "json_transport for {user}");
     (id, token, response.json().await.unwrap())
 }
@@ -450,14 +443,7 @@ async fn a_session_before_running_is_not_proxied_and_a_failing_init_fails_the_se
         (409, "SESSION_NOT_RUNNING".to_owned())
     );
 
-    let response = th
-        .client()
-        .put(th.url("/json_transport"))
-        .bearer_auth(&token)
-        .json(&json_transport_body(id, "{}"))
-        .send()
-        .await
-        .unwrap();
+    let response = th.json_transport(&token, id, "{}").await;
     assert_eq!(error_code(response).await, (502, "INIT_FAILED".to_owned()));
     eventually(
         "the failed session to be gone",
@@ -560,13 +546,7 @@ async fn a_users_volume_follows_them_and_no_one_else() {
         "echo kept > /home/app/data/note.txt",
     ]);
     assert!(ok, "the app's user writes in its volume");
-    let deleted = th
-        .client()
-        .delete(th.url(&format!("/sessions/{first}")))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap();
+    let deleted = th.delete_session(&token, first).await;
     assert_eq!(deleted.status(), 200);
     eventually(
         "the first session to be gone",
@@ -689,13 +669,7 @@ async fn a_daemon_restart_keeps_the_proxy_the_init_answer_and_the_users_data() {
     let (ok, data) = docker_status(&["exec", &container, "cat", "/data/f"]);
     assert!(ok && data == b"before\n", "the volume is still mounted");
 
-    let deleted = th
-        .client()
-        .delete(th.url(&format!("/sessions/{id}")))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap();
+    let deleted = th.delete_session(&token, id).await;
     assert_eq!(deleted.status(), 200);
     eventually(
         "the session to be gone",

@@ -144,6 +144,32 @@ impl TestHost {
         pinned_client(&self.cert_sha256)
     }
 
+    /// `PUT /json_transport` as a client sends it.
+    pub async fn json_transport(
+        &self,
+        token: &str,
+        id: Uuid,
+        json_data: &str,
+    ) -> reqwest::Response {
+        self.client()
+            .put(self.url("/json_transport"))
+            .bearer_auth(token)
+            .json(&json_transport_body(id, json_data))
+            .send()
+            .await
+            .expect("json_transport request")
+    }
+
+    /// `DELETE /sessions/<id>` with `token`.
+    pub async fn delete_session(&self, token: &str, id: Uuid) -> reqwest::Response {
+        self.client()
+            .delete(self.url(&format!("/sessions/{id}")))
+            .bearer_auth(token)
+            .send()
+            .await
+            .expect("delete request")
+    }
+
     /// Stops the daemon and removes every container it made and its state.
     pub async fn cleanup(mut self) {
         if let Some(daemon) = self.daemon.take() {
