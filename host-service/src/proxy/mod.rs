@@ -76,13 +76,8 @@ fn authenticate(
             "send the session token as `Authorization: Bearer <token>`, or log in at /sessions/<id>/login",
         ));
     }
-    let id: SessionId = id.parse().map_err(|_| ApiError::forbidden())?;
-    let session = host.session(id).ok_or_else(ApiError::forbidden)?;
-    let owner = session
-        .phase()
-        .owner()
-        .cloned()
-        .ok_or_else(ApiError::forbidden)?;
+    let (session, owner) = session_and_owner(host, id)?;
+    let id = session.id;
     let credential = if bearer.is_some_and(|t| token_matches(t, &owner.token_sha256)) {
         Credential::Bearer
     } else if cookie.is_some_and(|c| host.cookies.verify(&c, id, &owner.token_sha256)) {
@@ -91,6 +86,19 @@ fn authenticate(
         return Err(ApiError::forbidden());
     };
     Ok((session, owner, credential))
+}
+
+/// The session named by a raw path segment and its owner. Unknown ids and
+/// sessions without an owner are refused exactly like wrong tokens.
+fn session_and_owner(host: &Host, id: &str) -> Result<(Arc<Session>, Owner), ApiError> {
+    let id: SessionId = id.parse().map_err(|_| ApiError::forbidden())?;
+    let session = host.session(id).ok_or_else(ApiError::forbidden)?;
+    let owner = session
+        .phase()
+        .owner()
+        .cloned()
+        .ok_or_else(ApiError::forbidden)?;
+    Ok((session, owner))
 }
 
 /// A port the session's runtime declares (TCP): the only ones reachable.
@@ -370,19 +378,16 @@ pub async fn login(
 ) -> Result<Response<Body>, ApiError> {
     let form: LoginForm = if req.method() == Method::POST {
         let body = read_body(req, LOGIN_BODY_LIMIT, LOGIN_BODY_TIMEOUT).await?;
-        serde_urlencoded(&body)?
+        login_form(&body)
     } else {
-        serde_urlencoded(req.uri().query().unwrap_or("").as_bytes())?
+        login_form(req.uri().query().unwrap_or("").as_bytes())
     };
     let token = form.token.ok_or_else(ApiError::unauthorized)?;
-    let id: SessionId = id.parse().map_err(|_| ApiError::forbidden())?;
-    let session = host.session(id).ok_or_else(ApiError::forbidden)?;
-    let owner = session
-        .phase()
-        .owner()
-        .cloned()
-        .filter(|o| token_matches(&token, &o.token_sha256))
-        .ok_or_else(ApiError::forbidden)?;
+    let (session, owner) = session_and_owner(host, id)?;
+    if !token_matches(&token, &owner.token_sha256) {
+        return Err(ApiError::forbidden());
+    }
+    let id = session.id;
     let prefix = format!("/sessions/{id}/proxy/");
     let next = match form.next {
         Some(next) => next,
@@ -415,7 +420,7 @@ pub async fn login(
     Ok(response)
 }
 
-fn serde_urlencoded(bytes: &[u8]) -> Result<LoginForm, ApiError> {
+fn login_form(bytes: &[u8]) -> LoginForm {
     let mut form = LoginForm {
         token: None,
         next: None,
@@ -427,7 +432,7 @@ fn serde_urlencoded(bytes: &[u8]) -> Result<LoginForm, ApiError> {
             _ => {}
         }
     }
-    Ok(form)
+    form
 }
 
 #[cfg(test)]
