@@ -1,12 +1,29 @@
-//! Settings both binaries share. Every setting is a `--flag` with an
-//! environment variable of the same meaning (the configuration contract in
-//! DESIGN.md), so systemd units, Procfiles and tests drive them alike.
+//! Settings both binaries share, and the configuration contract every Berth
+//! binary keeps:
+//!
+//! * every setting is a `--flag` with an environment variable of the same
+//!   meaning, and the flag wins when both are given — so systemd units
+//!   (`EnvironmentFile=`), Procfile platforms (config vars) and tests (argv)
+//!   drive the binaries alike;
+//! * booleans take exactly `true` or `false` ([`strict_bool`]); anything else
+//!   is a usage error;
+//! * `--help` lists every setting with its variable and default (the README's
+//!   tables mirror it);
+//! * exit codes are [`exit`]'s: 64 for a bad command line, 78 for
+//!   configuration a restart cannot fix, 1 for runtime failures worth a retry.
 
 use std::ops::RangeInclusive;
 use std::str::FromStr;
 
-use clap::builder::BoolishValueParser;
+use clap::builder::BoolValueParser;
 use clap::{ArgAction, Args, ValueEnum};
+
+/// The parser of every boolean setting: exactly `true` or `false` (also from
+/// the environment). `yes`, `1`, `on` and friends are usage errors, so a typo
+/// never silently means the opposite of what was meant.
+pub fn strict_bool() -> BoolValueParser {
+    BoolValueParser::new()
+}
 
 #[derive(Clone, Debug, Args)]
 pub struct CommonArgs {
@@ -14,9 +31,18 @@ pub struct CommonArgs {
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     pub database_url: String,
 
-    /// Apply pending schema migrations at start (`--migrate=false` to skip).
+    /// Apply pending schema migrations at start: `true` or `false`.
+    ///
+    /// With `true` the migrations this binary embeds that the database lacks
+    /// are applied before anything is served (safe with several processes
+    /// starting at once). With `false` nothing is changed, and the binary
+    /// refuses to start (exit 78, not restarted by the systemd units) unless
+    /// every one of its migrations is already applied unchanged — it never
+    /// serves, or reports ready, on a schema older than its code. Either way a
+    /// schema that also has a newer release's migrations is accepted with a
+    /// warning, so the previous release keeps running during a rollout.
     #[arg(long, env = "BERTH_MIGRATE", default_value_t = true, action = ArgAction::Set, require_equals = true,
-          num_args = 0..=1, default_missing_value = "true", value_parser = BoolishValueParser::new())]
+          num_args = 0..=1, default_missing_value = "true", value_parser = strict_bool())]
     pub migrate: bool,
 
     /// Environment name: used in cloud tags and as the Sentry environment.

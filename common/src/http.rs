@@ -15,6 +15,8 @@ pub struct ApiError {
     pub status: StatusCode,
     pub code: &'static str,
     pub message: String,
+    /// The `Allow` header of a 405: the methods the path accepts.
+    pub allow: Option<&'static str>,
 }
 
 impl ApiError {
@@ -23,6 +25,19 @@ impl ApiError {
             status,
             code,
             message: message.into(),
+            allow: None,
+        }
+    }
+    /// 405 for a path that exists; `allow` lists its methods, e.g. `"GET, DELETE"`,
+    /// and is sent as the `Allow` header (RFC 9110 requires it on a 405).
+    pub fn method_not_allowed(allow: &'static str) -> Self {
+        Self {
+            allow: Some(allow),
+            ..Self::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "METHOD_NOT_ALLOWED",
+                format!("this path accepts only {allow}"),
+            )
         }
     }
     pub fn unauthorized() -> Self {
@@ -52,7 +67,13 @@ impl ApiError {
 
     pub fn into_response(self) -> HttpResponse {
         let body = serde_json::json!({"error": {"code": self.code, "message": self.message}});
-        json(self.status, &body)
+        let mut response = json(self.status, &body);
+        if let Some(allow) = self.allow {
+            response
+                .headers_mut()
+                .insert(header::ALLOW, header::HeaderValue::from_static(allow));
+        }
+        response
     }
 }
 

@@ -161,13 +161,17 @@ macro_rules! pg_enum {
     (@upper Reaped) => { "REAPED" };
     (@upper Deleted) => { "DELETED" };
     (@upper Ended) => { "ENDED" };
+    (@upper Unreachable) => { "UNREACHABLE" };
+    (@upper HostLost) => { "HOST_LOST" };
 }
 
 pg_enum!(
     /// Where a host is in its life: the scaler inserts it LAUNCHING/PRE_CONNECTION,
-    /// the host makes itself ACTIVE, draining ends in TERMINATED.
+    /// the host makes itself ACTIVE, draining ends in TERMINATED. An ACTIVE host
+    /// that stops heartbeating is UNREACHABLE (no new assigns, its sessions left
+    /// alone) until it beats again or is proven gone.
     HostStatus, "host_status",
-    [Launching, PreConnection, Active, Draining, Terminating, Terminated]
+    [Launching, PreConnection, Active, Draining, Terminating, Terminated, Unreachable]
 );
 pg_enum!(
     /// A session: warm (WAITING) → handed to a user (ALLOCATED) → the host is
@@ -182,10 +186,11 @@ pg_enum!(
 );
 pg_enum!(
     /// How a user's session ended: idle too long (REAPED), asked to end by its
-    /// owner (DELETED), broken (FAILED), or otherwise over (ENDED: the app
-    /// exited, the host drained or died).
+    /// owner (DELETED), broken (FAILED), its host gone (HOST_LOST: the instance
+    /// terminated, or unreachable past its grace), or otherwise over (ENDED: the
+    /// app exited, the host drained).
     SessionOutcome, "session_outcome",
-    [Reaped, Deleted, Failed, Ended]
+    [Reaped, Deleted, Failed, Ended, HostLost]
 );
 pg_enum!(LaunchState, "launch_state", [Pending, Launched, Failed]);
 pg_enum!(

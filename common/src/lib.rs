@@ -9,6 +9,7 @@ pub mod auth;
 pub mod config;
 pub mod db;
 pub mod entry;
+pub mod exposition;
 pub mod faults;
 pub mod http;
 pub mod ids;

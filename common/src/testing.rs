@@ -21,7 +21,17 @@ pub struct TestDb {
 }
 
 impl TestDb {
+    /// A fresh database with the schema migrated.
     pub async fn new() -> Self {
+        Self::create(true).await
+    }
+
+    /// A fresh, empty database that was never migrated.
+    pub async fn unmigrated() -> Self {
+        Self::create(false).await
+    }
+
+    async fn create(migrate: bool) -> Self {
         crate::tls::install_crypto_provider();
         let base = database_url();
         let admin = db::connect(&base, "berth-tests", 2)
@@ -43,9 +53,11 @@ impl TestDb {
         let pool = db::connect(&url, "berth-tests", 16)
             .await
             .expect("connecting to the test database");
-        db::migrate(&pool)
-            .await
-            .expect("migrating the test database");
+        if migrate {
+            db::migrate(&pool)
+                .await
+                .expect("migrating the test database");
+        }
         Self { url, pool, name }
     }
 
@@ -78,4 +90,104 @@ where
         );
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
+}
+
+/// DATABASE_URL with parts changed, e.g. a wrong password or another database.
+pub fn database_url_with(
+    change: impl FnOnce(sqlx::postgres::PgConnectOptions) -> sqlx::postgres::PgConnectOptions,
+) -> String {
+    use sqlx::ConnectOptions;
+    let options: sqlx::postgres::PgConnectOptions = database_url()
+        .parse()
+        .expect("DATABASE_URL is a PostgreSQL URL");
+    change(options).to_url_lossy().to_string()
+}
+
+/// A port on 127.0.0.1 where nothing listens: bound, then released.
+pub fn closed_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("binding an ephemeral port")
+        .port()
+}
+
+/// A process that ran to its end: its exit code (None: killed by a signal),
+/// what it printed, and how long it took.
+#[derive(Debug)]
+pub struct Finished {
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+    pub elapsed: std::time::Duration,
+}
+
+impl Finished {
+    /// stdout and stderr together, for assertions on what the process said.
+    pub fn output(&self) -> String {
+        format!("{}{}", self.stdout, self.stderr)
+    }
+}
+
+/// Runs `command` to its end, failing the test if it is still running after
+/// `limit` (it is killed then).
+pub async fn run_bounded(command: std::process::Command, limit: std::time::Duration) -> Finished {
+    use std::process::Stdio;
+    let mut command = tokio::process::Command::from(command);
+    command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    let what = format!("{:?}", command.as_std());
+    let started = std::time::Instant::now();
+    let output = tokio::time::timeout(limit, command.output())
+        .await
+        .unwrap_or_else(|_| panic!("{what} was still running after {limit:?}"))
+        .unwrap_or_else(|e| panic!("running {what}: {e}"));
+    Finished {
+        code: output.status.code(),
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        elapsed: started.elapsed(),
+    }
+}
+
+/// Kills a spawned process when the test ends, pass or fail.
+#[derive(Debug)]
+pub struct KillOnDrop(pub std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Runs `pg_ctlcluster <version> <name> <action>` (`stop`, `start`, `restart`)
+/// on the Debian cluster that serves DATABASE_URL's port. `None` when there is
+/// no such cluster tool (not a Debian PostgreSQL; the caller says it skipped).
+/// Every test of every binary shares that server: only a test alone in its
+/// binary (cargo runs binaries one at a time) may call this.
+pub fn postgres_cluster(action: &str) -> Option<bool> {
+    use std::process::Command;
+    let port = database_url()
+        .rsplit_once(':')
+        .map(|(_, rest)| rest.split('/').next().unwrap_or("").to_owned());
+    let listed = Command::new("pg_lsclusters").arg("-h").output().ok()?;
+    let clusters = String::from_utf8_lossy(&listed.stdout).into_owned();
+    let cluster = clusters
+        .lines()
+        .map(|l| l.split_whitespace().map(str::to_owned).collect::<Vec<_>>())
+        .find(|c| c.get(2).cloned() == port)?;
+    let status = Command::new("pg_ctlcluster")
+        .args([&cluster[0], &cluster[1], action])
+        .args(if action == "stop" {
+            &["-m", "fast"][..]
+        } else {
+            &[][..]
+        })
+        .status()
+        .ok()?;
+    // pg_ctlcluster exits 2 for "already running" on start: the wanted state.
+    Some(status.success() || (action == "start" && status.code() == Some(2)))
 }

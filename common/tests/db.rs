@@ -132,8 +132,8 @@ async fn deleting_an_allocated_session_gives_its_slot_back_once(pool: PgPool) {
     let allocated = uuid::Uuid::new_v4();
     let warm = uuid::Uuid::new_v4();
     sqlx::query(
-        "INSERT INTO sessions (id, host_id, runtime, status, user_id, token_sha256) VALUES \
-         ($1, 'i-2', 'desktop', 'ALLOCATED', 'u1', repeat('a', 64)), ($2, 'i-2', 'desktop', 'WAITING', NULL, NULL)",
+        "INSERT INTO sessions (id, host_id, runtime, status, user_id, token_sha256, allocated_at) VALUES \
+         ($1, 'i-2', 'desktop', 'ALLOCATED', 'u1', repeat('a', 64), now()), ($2, 'i-2', 'desktop', 'WAITING', NULL, NULL, NULL)",
     )
     .bind(allocated)
     .bind(warm)
@@ -205,7 +205,7 @@ async fn each_trigger_notifies_its_channel(pool: PgPool) {
         .execute(&pool)
         .await
         .unwrap();
-    sqlx::query("UPDATE sessions SET status = 'ALLOCATED', user_id = 'u', token_sha256 = repeat('b', 64) WHERE id = $1")
+    sqlx::query("UPDATE sessions SET status = 'ALLOCATED', user_id = 'u', token_sha256 = repeat('b', 64), allocated_at = now() WHERE id = $1")
         .bind(session)
         .execute(&pool)
         .await

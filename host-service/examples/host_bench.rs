@@ -157,7 +157,7 @@ async fn allocate_warm(
     };
     let token = new_session_token();
     let mut tx = db.pool.begin().await.unwrap();
-    sqlx::query("UPDATE sessions SET status = 'ALLOCATED', user_id = 'bench', token_sha256 = $2 WHERE id = $1")
+    sqlx::query("UPDATE sessions SET status = 'ALLOCATED', user_id = 'bench', token_sha256 = $2, allocated_at = now() WHERE id = $1")
         .bind(id)
         .bind(&token.sha256_hex)
         .execute(&mut *tx)

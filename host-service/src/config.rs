@@ -1,13 +1,13 @@
 //! The daemon's settings: every one a `--flag` with an environment variable
-//! (configuration contract in DESIGN.md), so the systemd unit, the local
-//! provider and the tests drive it the same way.
+//! of the same meaning, the flag winning (the contract of
+//! [`berth_common::config`]), so the systemd unit's environment file, the
+//! scaler's local provider (flags) and the tests drive it the same way.
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use berth_common::config::{CommonArgs, NumberRange};
-use clap::builder::BoolishValueParser;
+use berth_common::config::{strict_bool, CommonArgs, NumberRange};
 use clap::{ArgAction, Parser, Subcommand, ValueEnum};
 
 #[derive(Debug, Parser)]
@@ -48,7 +48,7 @@ pub struct Config {
 
     /// Run without EC2: identity from the --local-* flags, and the host registers itself.
     #[arg(long, env = "BERTH_LOCAL", default_value_t = false, action = ArgAction::Set, require_equals = true,
-          num_args = 0..=1, default_missing_value = "true", value_parser = BoolishValueParser::new())]
+          num_args = 0..=1, default_missing_value = "true", value_parser = strict_bool())]
     pub local: bool,
 
     /// Local mode: this host's id.
@@ -221,9 +221,34 @@ mod tests {
         assert!(cli.config.local);
         assert!(matches!(cli.command, Some(Command::Drain)));
         assert!(!parse(&["--local=false"]).config.local);
-        assert!(parse(&["--local=1"]).config.local);
-        assert!(!parse(&["--migrate=0"]).config.common.migrate);
+        assert!(parse(&["--local=true"]).config.local);
+        assert!(!parse(&["--migrate=false"]).config.common.migrate);
+        assert!(parse(&["--migrate"]).config.common.migrate);
         assert!(!parse(&[]).config.local);
+    }
+
+    #[test]
+    fn booleans_take_only_true_or_false() {
+        for bad in [
+            "--migrate=no",
+            "--migrate=0",
+            "--migrate=yes",
+            "--local=1",
+            "--local=on",
+        ] {
+            let argv = [
+                "host-service",
+                "--database-url",
+                "postgres://x@localhost/x",
+                bad,
+            ];
+            let error = Cli::try_parse_from(argv).expect_err(bad);
+            assert_eq!(error.kind(), clap::error::ErrorKind::InvalidValue, "{bad}");
+            assert!(
+                error.to_string().contains("[possible values: true, false]"),
+                "{bad}: {error}"
+            );
+        }
     }
 
     #[test]

@@ -9,14 +9,14 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use berth_common::{db, tls::HostIdentity};
+use berth_common::{db, tls::HostIdentity, HostId, HostStatus};
 use tokio::net::TcpListener;
 
 use crate::config::Config;
 use crate::docker::DockerEngine;
 use crate::host::Host;
 use crate::proxy::cookie::CookieSigner;
-use crate::registry::{self, Endpoint, Registration};
+use crate::registry::{self, Endpoint, Registration, RegistryError};
 use crate::resources::volumes::UserData;
 use crate::runtime::RuntimeSpec;
 use crate::{
@@ -44,9 +44,7 @@ pub enum Exit {
 
 pub async fn start(config: Config) -> Result<Daemon, Error> {
     let pool = db::connect(&config.common.database_url, "host-service", 16).await?;
-    if config.common.migrate {
-        db::migrate(&pool).await?;
-    }
+    db::prepare_schema(&pool, config.common.migrate).await?;
     let me = registry::identity(&config).await?;
     let booted = boot(config, pool.clone(), &me).await;
     if let Err(error) = &booted {
@@ -184,9 +182,28 @@ fn prepare_state_dir(config: &Config) -> Result<(), Error> {
     Ok(())
 }
 
-/// `host-service drain`: marks this host DRAINING; the running daemon does the rest.
-pub async fn request_drain(config: &Config) -> Result<bool, Error> {
+/// What `host-service drain` did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DrainRequest {
+    /// The host is now DRAINING; its running daemon drains and exits.
+    Marked(HostId),
+    /// The host was already past ACTIVE (DRAINING, TERMINATING, …): nothing to do.
+    Already(HostId, HostStatus),
+}
+
+/// `host-service drain`: marks this host DRAINING; the running daemon does the
+/// rest. A host the database does not know is an error
+/// ([`RegistryError::Unknown`]), not a silent success: the id or the
+/// database is not the one meant.
+pub async fn request_drain(config: &Config) -> Result<DrainRequest, Error> {
     let pool = db::connect(&config.common.database_url, "host-service drain", 1).await?;
+    db::prepare_schema(&pool, config.common.migrate).await?;
     let me = registry::identity(config).await?;
-    Ok(registry::request_drain(&pool, &me.host_id, "host-service drain").await?)
+    if registry::request_drain(&pool, &me.host_id, "host-service drain").await? {
+        return Ok(DrainRequest::Marked(me.host_id));
+    }
+    match registry::status(&pool, &me.host_id).await? {
+        Some((status, _)) => Ok(DrainRequest::Already(me.host_id, status)),
+        None => Err(RegistryError::Unknown(me.host_id).into()),
+    }
 }

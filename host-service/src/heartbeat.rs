@@ -21,7 +21,7 @@ pub async fn run(host: Arc<Host>) {
         }
         let sessions = host.session_count() as i32;
         match registry::heartbeat(&host.db, &host.id, registry::load_average(), sessions).await {
-            Ok(Some(HostStatus::Active)) => {}
+            Ok(Some(HostStatus::Active | HostStatus::Unreachable)) => {}
             // A missed DRAINING hint is caught here at the latest.
             Ok(Some(_)) | Ok(None) => drain::start(&host),
             Err(error) => tracing::warn!(%error, "heartbeat failed; will retry next period"),

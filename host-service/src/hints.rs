@@ -106,7 +106,8 @@ fn spawn_claim(host: &Arc<Host>, session: Arc<Session>) {
 pub async fn resync(host: &Arc<Host>) {
     warm_pool::refresh_runtime(host).await;
     match registry::status(&host.db, &host.id).await {
-        Ok(Some((HostStatus::Active, _))) => {}
+        // UNREACHABLE is the scaler's doubt, not an order: the next heartbeat clears it.
+        Ok(Some((HostStatus::Active | HostStatus::Unreachable, _))) => {}
         Ok(Some(_)) | Ok(None) => drain::start(host),
         Err(error) => {
             tracing::warn!(%error, "resync could not read the host row");

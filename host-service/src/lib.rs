@@ -76,8 +76,10 @@ impl Error {
     pub fn exit_code(&self) -> i32 {
         use registry::RegistryError as R;
         match self {
-            Error::Db(berth_common::db::DbError::BadUrl(_))
-            | Error::Registry(R::Mismatch { .. } | R::NotLaunched(_) | R::LocalId(_))
+            Error::Db(e) | Error::Registry(R::Db(e)) if e.is_config() => exit::CONFIG,
+            Error::Registry(
+                R::Mismatch { .. } | R::NotLaunched(_) | R::LocalId(_) | R::Unknown(_),
+            )
             | Error::Runtime(
                 runtime::RuntimeError::Unknown(_) | runtime::RuntimeError::Invalid { .. },
             )

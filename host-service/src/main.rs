@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use berth_common::config::exit;
 use berth_common::entry;
 use host_service::config::{Cli, Command};
-use host_service::daemon::{self, Exit};
+use host_service::daemon::{self, DrainRequest, Exit};
 use host_service::Error;
 
 fn main() -> ExitCode {
@@ -20,13 +20,18 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
-            Some(Command::Drain) => daemon::request_drain(&cli.config).await.map(|moved| {
-                if moved {
-                    println!("host marked DRAINING; the daemon drains and exits");
-                } else {
-                    println!("host was not ACTIVE; nothing to do");
-                }
-            }),
+            Some(Command::Drain) => {
+                daemon::request_drain(&cli.config)
+                    .await
+                    .map(|request| match request {
+                        DrainRequest::Marked(host) => {
+                            println!("host {host} marked DRAINING; its daemon drains and exits")
+                        }
+                        DrainRequest::Already(host, status) => {
+                            println!("host {host} is already {status}; nothing to do")
+                        }
+                    })
+            }
             Some(Command::Run) | None => {
                 let daemon = daemon::start(cli.config).await?;
                 match daemon.run_until(stop_signal()).await {

@@ -97,6 +97,8 @@ impl Metrics {
         Self { registry, ..m }
     }
 
+    /// The registry as OpenMetrics text. `/metrics` answers with it through
+    /// `berth_common::exposition`, which derives the classic 0.0.4 format from it.
     pub fn render(&self) -> String {
         let mut out = String::new();
         // Writing into a String cannot fail.

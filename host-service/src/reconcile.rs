@@ -1,7 +1,7 @@
 //! Adopt-or-reap at start. A restart (upgrade, crash, systemd) must cost no
 //! running session, so the daemon rebuilds its tables from Docker's labels:
-//! containers whose row is live are adopted (TTY and ports re-reserved), the
-//! rest are removed, rows without a container are deleted, and stray session
+//! containers whose row is live are adopted (TTY and ports re-reserved; a
+//! claimed session waits for its client's retry), the rest are removed, rows without a container are deleted, and stray session
 //! directories are cleaned up.
 
 use std::collections::HashMap;
@@ -44,6 +44,7 @@ pub async fn reconcile(host: &Arc<Host>) -> Result<Report, crate::Error> {
             ))?;
     let mut rows: HashMap<SessionId, Row> = rows.into_iter().map(|r| (r.id, r)).collect();
 
+    let mut strays: Vec<(String, Option<SessionId>)> = vec![];
     for container in containers {
         let Some(container_id) = container.id.clone() else {
             continue;
@@ -60,20 +61,27 @@ pub async fn reconcile(host: &Arc<Host>) -> Result<Report, crate::Error> {
         };
         if adopted {
             report.adopted += 1;
-            continue;
+        } else {
+            strays.push((container_id, id));
         }
-        if let Err(error) = host.docker.stop_and_remove(&container_id, 1).await {
+    }
+    // The API listens only after this, so strays go all at once and without a
+    // stop grace: nobody is served by them, and one grace each kept a restarted
+    // daemon deaf for seconds.
+    let reaped = strays.iter().map(|(container_id, id)| async move {
+        if let Err(error) = host.docker.stop_and_remove(container_id, 0).await {
             tracing::error!(container = container_id, %error, "reaping a stray session container failed");
         }
         if let Some(id) = id {
-            let _ = SessionPaths::new(&host.config, id).remove();
+            let _ = SessionPaths::new(&host.config, *id).remove();
             let _ = sqlx::query("DELETE FROM sessions WHERE id = $1")
                 .bind(id)
                 .execute(&host.db)
                 .await;
         }
-        report.reaped_containers += 1;
-    }
+    });
+    futures_util::future::join_all(reaped).await;
+    report.reaped_containers = strays.len();
     // Rows whose container is gone: the session cannot be served any more.
     for id in rows.keys() {
         let _ = sqlx::query("DELETE FROM sessions WHERE id = $1")
@@ -113,10 +121,13 @@ async fn adopt(
     let phase = match (row.status, owner) {
         (SessionStatus::Waiting | SessionStatus::Allocated, _) => Phase::Waiting,
         (SessionStatus::Running, Some(owner)) => Phase::Running(owner),
-        // A session half-way through finishing cannot be resumed: the client's
-        // request died with the old daemon. It is reaped; the client retries.
+        // Claimed, and maybe configured, but not running: the client's request
+        // died with the old daemon and its retry (same token) finishes it. A
+        // retried config.json replaces the first one atomically.
+        (SessionStatus::Connecting, Some(owner)) => Phase::Connecting(owner),
         _ => return false,
     };
+    let connecting = matches!(phase, Phase::Connecting(_));
     {
         let mut resources = host.resources();
         let tty_ok = tty.is_none_or(|t| resources.ttys.reserve(t));
@@ -142,7 +153,12 @@ async fn adopt(
         None,
         phase,
     );
-    host.insert_session(Arc::new(session));
+    let session = Arc::new(session);
+    host.insert_session(session.clone());
+    if connecting {
+        tracing::info!(session = %id, "adopted a claimed session; waiting for the client's json_transport again");
+        crate::session::finish::arm_client_timeout(host, session);
+    }
     true
 }
 

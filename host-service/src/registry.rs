@@ -35,6 +35,8 @@ pub enum RegistryError {
         expected: String,
         actual: String,
     },
+    #[error("host {0} has no row in `hosts`, so there is nothing to drain; check the host id (the EC2 instance id, or --local-host-id / BERTH_LOCAL_HOST_ID with --local) and that DATABASE_URL is this host's environment's database")]
+    Unknown(HostId),
     #[error("host {host} is {status}; it can no longer register")]
     Ended { host: HostId, status: HostStatus },
     #[error(transparent)]
@@ -181,7 +183,10 @@ async fn register_once(
             })
         }
         // ACTIVE again is a restart of the daemon on a live host.
-        HostStatus::Launching | HostStatus::PreConnection | HostStatus::Active => {}
+        HostStatus::Launching
+        | HostStatus::PreConnection
+        | HostStatus::Active
+        | HostStatus::Unreachable => {}
     }
     sqlx::query(
         "UPDATE hosts SET status = 'ACTIVE', status_reason = NULL, public_ip = $2::inet, private_ip = $3::inet, api_port = $4, \

@@ -261,3 +261,53 @@ async fn a_client_faster_than_the_allocation_hint_is_served() {
     );
     th.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_method_is_answered_405_with_the_allowed_ones() {
+    let (db, th) = warm_host(1, &[]).await;
+    let client = th.client();
+    let id = Uuid::new_v4();
+    let cases = [
+        (reqwest::Method::POST, "/json_transport".to_owned(), "PUT"),
+        (
+            reqwest::Method::PUT,
+            format!("/sessions/{id}"),
+            "GET, DELETE",
+        ),
+        (
+            reqwest::Method::GET,
+            format!("/sessions/{id}/activity"),
+            "POST",
+        ),
+        (
+            reqwest::Method::DELETE,
+            format!("/sessions/{id}/login"),
+            "GET, POST",
+        ),
+        (reqwest::Method::POST, "/healthz".to_owned(), "GET"),
+        (reqwest::Method::DELETE, "/metrics".to_owned(), "GET"),
+    ];
+    for (method, path, allow) in cases {
+        let response = client
+            .request(method.clone(), th.url(&path))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 405, "{method} {path}");
+        assert_eq!(
+            response
+                .headers()
+                .get("allow")
+                .and_then(|v| v.to_str().ok()),
+            Some(allow),
+            "{method} {path}"
+        );
+        let body: serde_json::Value = response.json().await.unwrap();
+        assert_eq!(
+            body["error"]["code"], "METHOD_NOT_ALLOWED",
+            "{method} {path}"
+        );
+    }
+    th.cleanup().await;
+    db.drop_database().await;
+}

@@ -1,7 +1,8 @@
 //! The kill harness: the daemon dies (abort, as kill -9) at every crash point
 //! of spin-up, claim, json_transport, teardown and drain; a clean restart must
 //! leave no leaked container, directory or row, keep `free_slots` equal to what
-//! the rows say, keep running sessions serving, and finish a drain.
+//! the rows say, keep running sessions serving, let a client whose session was
+//! claimed finish it with a retry, and finish a drain.
 
 mod support;
 
@@ -127,12 +128,22 @@ async fn settle(
 
 /// Runs one crash point; returns what went wrong, if anything.
 async fn crash_at(point: &'static str) -> Result<(), String> {
-    let (db, host_id, state_dir, argv) = process_host(2).await;
+    let (db, host_id, state_dir, mut argv) = process_host(2).await;
+    // One API port across the restart, so a client can retry where it was.
+    let api_addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map_err(|e| e.to_string())?
+        .to_string();
+    for arg in argv.iter_mut().filter(|a| *a == "127.0.0.1:0") {
+        arg.clone_from(&api_addr);
+    }
     let mut daemon = start(&argv, Some(point));
     let group = point.split('.').next().unwrap_or_default();
 
     // Drive the daemon to the point (spin-up points fire on their own).
     let mut survivor: Option<(Uuid, u16)> = None;
+    // A claimed session whose client must be able to finish it after the crash.
+    let mut claimed: Option<(Uuid, String, reqwest::Client)> = None;
     if group != "spawn" {
         eventually("warm-up", Duration::from_secs(60), || async {
             count_status(&db.pool, &host_id, "WAITING").await == 2
@@ -184,6 +195,9 @@ async fn crash_at(point: &'static str) -> Result<(), String> {
                 .await;
         }
         // claim: the ALLOCATED hint alone reaches the point.
+        if group == "claim" || group == "finish" {
+            claimed = Some((id, token, client));
+        }
     }
     let deadline = Instant::now() + Duration::from_secs(60);
     let status = loop {
@@ -255,7 +269,14 @@ async fn crash_at(point: &'static str) -> Result<(), String> {
             Ok(())
         }
     } else {
-        let settled = settle(&db, &host_id, &state_dir, true).await;
+        let finished = match &claimed {
+            Some((id, token, client)) => client_retry(&api_addr, client, *id, token).await,
+            None => Ok(()),
+        };
+        let settled = match finished {
+            Ok(()) => settle(&db, &host_id, &state_dir, true).await,
+            Err(e) => Err(e),
+        };
         drop(restarted);
         settled
     };
@@ -263,6 +284,55 @@ async fn crash_at(point: &'static str) -> Result<(), String> {
     let _ = std::fs::remove_dir_all(&state_dir);
     db.drop_database().await;
     result.map_err(|e| format!("{point}: {e}"))
+}
+
+/// The client whose json_transport died with the daemon tries again with the
+/// same token: its session must run (or, if it already ran, say so).
+async fn client_retry(
+    api_addr: &str,
+    client: &reqwest::Client,
+    id: Uuid,
+    token: &str,
+) -> Result<(), String> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let sent = client
+            .put(format!("https://{api_addr}/json_transport"))
+            .bearer_auth(token)
+            .json(&json_transport_body(id, "{}"))
+            .send()
+            .await;
+        match sent {
+            Ok(r) if r.status() == 200 => return Ok(()),
+            Ok(r) if r.status() == 409 => {
+                let status: serde_json::Value = client
+                    .get(format!("https://{api_addr}/sessions/{id}"))
+                    .bearer_auth(token)
+                    .send()
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .json()
+                    .await
+                    .map_err(|e| e.to_string())?;
+                return match status["status"].as_str() {
+                    Some("RUNNING") => Ok(()),
+                    other => Err(format!("retry answered 409 for a session in {other:?}")),
+                };
+            }
+            Ok(r) => {
+                return Err(format!(
+                    "the client's retry after the crash got {}: {}",
+                    r.status(),
+                    r.text().await.unwrap_or_default()
+                ))
+            }
+            // The restarted daemon is not listening yet.
+            Err(_) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await
+            }
+            Err(e) => return Err(format!("the restarted daemon never answered: {e}")),
+        }
+    }
 }
 
 fn libc_sigabrt() -> i32 {
@@ -283,4 +353,60 @@ async fn a_crash_at_any_point_leaks_nothing_and_costs_no_running_session() {
         failures.len()
     );
     assert!(failures.is_empty(), "{failures:#?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_among_stray_containers_answers_without_waiting_for_each_to_stop() {
+    let (db, host_id, state_dir, mut argv) = process_host(4).await;
+    let api_addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .unwrap()
+        .to_string();
+    for arg in argv.iter_mut().filter(|a| *a == "127.0.0.1:0") {
+        arg.clone_from(&api_addr);
+    }
+    let daemon = start(&argv, None);
+    eventually("warm-up", Duration::from_secs(60), || async {
+        count_status(&db.pool, &host_id, "WAITING").await == 4
+    })
+    .await;
+    let (_, cert) = api(&db, &host_id).await.expect("host ACTIVE");
+    drop(daemon);
+    // Every container is now a stray: its row is gone.
+    sqlx::query("DELETE FROM sessions WHERE host_id = $1")
+        .bind(&host_id)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+
+    let started = Instant::now();
+    let _restarted = start(&argv, None);
+    let client = pinned_client(&cert);
+    loop {
+        let answered = client
+            .get(format!("https://{api_addr}/healthz"))
+            .timeout(Duration::from_secs(10))
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success());
+        if answered {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the restarted daemon never answered"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let up_after = started.elapsed();
+    eprintln!("restart among 4 strays: API answered after {up_after:?}");
+    // One stop grace per stray, one after the other, took over 4 s here.
+    assert!(
+        up_after < Duration::from_millis(2500),
+        "the API answered only after {up_after:?}"
+    );
+    drop(_restarted);
+    remove_host_containers(&host_id);
+    let _ = std::fs::remove_dir_all(&state_dir);
+    db.drop_database().await;
 }

@@ -278,3 +278,88 @@ async fn an_app_that_never_gets_ready_is_torn_down_with_a_clear_error() {
     assert_eq!(free_slots(&db.pool, &th.host_id).await, 1);
     th.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_warm_container_is_replaced_without_inventing_a_free_slot() {
+    let (db, th) = warm_host(2, &[]).await;
+    let (taken, _token) = allocate(&db.pool, &th.host_id, "user-1").await;
+    assert_eq!(free_slots(&db.pool, &th.host_id).await, 1);
+    let warm: uuid::Uuid =
+        sqlx::query_scalar("SELECT id FROM sessions WHERE host_id = $1 AND status = 'WAITING'")
+            .bind(&th.host_id)
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+
+    docker(&["kill", &format!("berth-{warm}")]);
+    eventually(
+        "the dead warm session to be replaced",
+        Duration::from_secs(60),
+        || async {
+            let rows: Vec<uuid::Uuid> = sqlx::query_scalar(
+                "SELECT id FROM sessions WHERE host_id = $1 AND status = 'WAITING'",
+            )
+            .bind(&th.host_id)
+            .fetch_all(&db.pool)
+            .await
+            .unwrap();
+            rows.len() == 1 && rows[0] != warm
+        },
+    )
+    .await;
+    assert_eq!(
+        free_slots(&db.pool, &th.host_id).await,
+        1,
+        "one slot is taken by user-1, so one is free: a dead warm container frees nothing"
+    );
+    assert!(session_status(&db.pool, taken).await.is_some());
+    th.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reissued_token_revokes_the_old_one_before_the_app_runs() {
+    let (db, th) = warm_host(1, &[]).await;
+    let (id, old_token) = allocate(&db.pool, &th.host_id, "user-1").await;
+    eventually("the host to claim it", Duration::from_secs(10), || async {
+        session_status(&db.pool, id).await.as_deref() == Some("CONNECTING")
+    })
+    .await;
+    // The scaler's re-issue when the client repeats its assign: a new token,
+    // only its hash stored.
+    let new_token = berth_common::auth::new_session_token();
+    sqlx::query("UPDATE sessions SET token_sha256 = $2 WHERE id = $1")
+        .bind(id)
+        .bind(&new_token.sha256_hex)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+
+    let status = |token: String| {
+        let client = th.client();
+        let url = th.url(&format!("/sessions/{id}"));
+        async move {
+            client
+                .get(url)
+                .bearer_auth(token)
+                .send()
+                .await
+                .unwrap()
+                .status()
+        }
+    };
+    assert_eq!(
+        status(old_token.clone()).await,
+        403,
+        "the old token is dead"
+    );
+    assert_eq!(
+        status(new_token.token.clone()).await,
+        200,
+        "the new one works"
+    );
+    let old = th.json_transport(&old_token, id, "{}").await;
+    assert_eq!(old.status(), 403, "json_transport refuses the old token");
+    let new = th.json_transport(&new_token.token, id, "{}").await;
+    assert_eq!(new.status(), 200, "and accepts the new one");
+    th.cleanup().await;
+}

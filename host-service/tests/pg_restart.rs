@@ -4,46 +4,21 @@
 
 mod support;
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use support::*;
 
-/// `pg_ctlcluster <version> <name> restart` for the cluster on DATABASE_URL's port.
-fn restart_postgres() -> bool {
-    let port = std::env::var("DATABASE_URL").ok().and_then(|u| {
-        u.rsplit_once(':')
-            .map(|(_, rest)| rest.split('/').next().unwrap_or("").to_owned())
-    });
-    let Ok(listed) = Command::new("pg_lsclusters").arg("-h").output() else {
-        return false;
-    };
-    let clusters = String::from_utf8_lossy(&listed.stdout).into_owned();
-    let Some(cluster) = clusters
-        .lines()
-        .map(|l| l.split_whitespace().collect::<Vec<_>>())
-        .find(|c| c.get(2).map(|p| p.to_string()) == port)
-    else {
-        return false;
-    };
-    Command::new("pg_ctlcluster")
-        .args([cluster[0], cluster[1], "restart"])
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_postgres_restart_loses_no_allocation_and_heartbeats_resume() {
-    if Command::new("pg_lsclusters").arg("-h").output().is_err() {
-        eprintln!("SKIPPED a_postgres_restart_loses_no_allocation_and_heartbeats_resume: no pg_lsclusters (Debian's postgresql-common); run scripts/test");
-        return;
-    }
     let (db, th) = warm_host(2, &["--heartbeat-secs", "1"]).await;
-
-    assert!(
-        restart_postgres(),
-        "restarting the PostgreSQL cluster failed"
-    );
+    match berth_common::testing::postgres_cluster("restart") {
+        None => {
+            eprintln!("SKIPPED a_postgres_restart_loses_no_allocation_and_heartbeats_resume: no Debian PostgreSQL cluster (pg_lsclusters) serves DATABASE_URL; run scripts/test");
+            th.cleanup().await;
+            return;
+        }
+        Some(restarted) => assert!(restarted, "restarting the PostgreSQL cluster failed"),
+    }
     // Allocate the moment the server is back, while the daemon's LISTEN
     // connection is still reconnecting: its notification is likely lost, and
     // only the resync after the reconnect can find the allocation.

@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use berth_common::exposition::metrics_response;
 use berth_common::http::{bearer, json, read_body, text, ApiError, HttpResponse};
 use http::{Method, Request, StatusCode};
 use hyper::body::Incoming;
@@ -35,11 +36,7 @@ pub async fn handle(scaler: Arc<Scaler>, req: Request<Incoming>) -> HttpResponse
     let result = match (req.method(), segments.as_slice()) {
         (&Method::GET, ["healthz"]) => Ok(text(StatusCode::OK, "text/plain", "ok\n")),
         (&Method::GET, ["readyz"]) => Ok(readyz(&scaler).await),
-        (&Method::GET, ["metrics"]) => Ok(text(
-            StatusCode::OK,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            scaler.metrics.render(),
-        )),
+        (&Method::GET, ["metrics"]) => Ok(metrics_response(&req, &scaler.metrics.render())),
         (&Method::GET, ["openapi.json"]) => Ok(text(StatusCode::OK, "application/json", OPENAPI)),
         (&Method::POST, ["sessions"]) => post_session(&scaler, req, false).await,
         (&Method::POST, ["mandelbox", "assign"]) => post_session(&scaler, req, true).await,
@@ -48,16 +45,12 @@ pub async fn handle(scaler: Arc<Scaler>, req: Request<Incoming>) -> HttpResponse
         (&Method::DELETE, ["sessions", id]) => delete_session(&scaler, &req, id).await,
         (&Method::GET, ["runtimes"]) => runtimes(&scaler, &req).await,
         (&Method::GET, ["regions"]) => regions(&scaler, &req).await,
-        (
-            _,
-            ["healthz" | "readyz" | "metrics" | "openapi.json" | "sessions" | "runtimes" | "regions"],
-        )
-        | (_, ["sessions", _])
-        | (_, ["mandelbox", "assign"]) => Err(ApiError::new(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "METHOD_NOT_ALLOWED",
-            "method not allowed here",
-        )),
+        (_, ["healthz" | "readyz" | "metrics" | "openapi.json" | "runtimes" | "regions"]) => {
+            Err(ApiError::method_not_allowed("GET"))
+        }
+        (_, ["sessions"]) => Err(ApiError::method_not_allowed("GET, POST")),
+        (_, ["sessions", _]) => Err(ApiError::method_not_allowed("GET, DELETE")),
+        (_, ["mandelbox", "assign"]) => Err(ApiError::method_not_allowed("POST")),
         _ => Err(ApiError::not_found()),
     };
     result.unwrap_or_else(ApiError::into_response)
@@ -75,7 +68,14 @@ async fn readyz(scaler: &Scaler) -> HttpResponse {
 }
 
 async fn user(scaler: &Scaler, req: &Request<Incoming>) -> Result<String, ApiError> {
-    let token = bearer(req)?;
+    // The scaler wants the user's JWT, not a session token (that one is for hosts).
+    let token = bearer(req).map_err(|_| {
+        ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "UNAUTHORIZED",
+            AuthError::Missing.to_string(),
+        )
+    })?;
     scaler.auth.user(&token).await.map_err(|e| match e {
         AuthError::KeysUnavailable(_) => ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -137,8 +137,10 @@ fn assign_error(e: AssignError) -> ApiError {
         AssignError::Ending => (StatusCode::CONFLICT, "SESSION_ENDING"),
         AssignError::Db(_) => (StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL"),
     };
-    if status.is_server_error() && code == "INTERNAL" {
-        tracing::error!(error = %e, "assign failed");
+    if let AssignError::Db(error) = &e {
+        // The database's words stay in the log.
+        tracing::error!(%error, "assign failed");
+        return ApiError::new(status, code, "the assign failed on the server; retry");
     }
     ApiError::new(status, code, e.to_string())
 }
@@ -206,7 +208,8 @@ fn session_id(id: &str) -> Result<Uuid, ApiError> {
 }
 
 const SESSION_SELECT: &str = "SELECT s.id, s.status::text AS status, s.status_reason, s.runtime, s.ports, s.created_at, s.ready_at, \
-     h.id AS host_id, host(h.public_ip) AS ip, h.api_port, h.cert_sha256 FROM sessions s JOIN hosts h ON h.id = s.host_id";
+     h.id AS host_id, host(h.public_ip) AS ip, h.api_port, h.cert_sha256, h.status::text AS host_status, h.unreachable_since \
+     FROM sessions s JOIN hosts h ON h.id = s.host_id";
 
 #[derive(sqlx::FromRow)]
 struct SessionRow {
@@ -217,6 +220,8 @@ struct SessionRow {
     ports: serde_json::Value,
     created_at: chrono::DateTime<chrono::Utc>,
     ready_at: Option<chrono::DateTime<chrono::Utc>>,
+    host_status: String,
+    unreachable_since: Option<chrono::DateTime<chrono::Utc>>,
     host_id: String,
     ip: Option<String>,
     api_port: Option<i32>,
@@ -224,9 +229,19 @@ struct SessionRow {
 }
 
 fn session_json(s: &SessionRow) -> serde_json::Value {
-    json!({"session_id": s.id, "status": s.status, "status_reason": s.status_reason, "runtime": s.runtime, "ports": s.ports,
+    // The session itself is untouched while its host is unreachable; the user
+    // is told so, and since when, rather than nothing or "ENDED".
+    let status_reason = match s.unreachable_since {
+        Some(since) if s.host_status == "UNREACHABLE" => Some(format!(
+            "host unreachable since {}",
+            since.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+        )),
+        _ => s.status_reason.clone(),
+    };
+    json!({"session_id": s.id, "status": s.status, "status_reason": status_reason, "runtime": s.runtime, "ports": s.ports,
            "created_at": s.created_at, "ready_at": s.ready_at,
-           "host": {"id": s.host_id, "ip": s.ip, "api_port": s.api_port, "cert_sha256": s.cert_sha256}})
+           "host": {"id": s.host_id, "ip": s.ip, "api_port": s.api_port, "cert_sha256": s.cert_sha256,
+                    "status": s.host_status, "unreachable_since": s.unreachable_since}})
 }
 
 fn internal(e: sqlx::Error) -> ApiError {
@@ -377,12 +392,28 @@ async fn runtimes(scaler: &Scaler, req: &Request<Incoming>) -> Result<HttpRespon
     Ok(json(StatusCode::OK, &json!({"runtimes": list})))
 }
 
+/// One region as `GET /regions` shows it.
+#[derive(sqlx::FromRow)]
+struct RegionSummary {
+    name: String,
+    enabled: bool,
+    target_free_slots: i32,
+    max_hosts: i32,
+    hosts: i64,
+    free_slots: i64,
+    unreachable_hosts: i64,
+    warm_sessions: i64,
+}
+
 async fn regions(scaler: &Scaler, req: &Request<Incoming>) -> Result<HttpResponse, ApiError> {
     user(scaler, req).await?;
-    let rows: Vec<(String, bool, i32, i32, i64, i64)> = sqlx::query_as(
+    let rows: Vec<RegionSummary> = sqlx::query_as(
         "SELECT r.name, r.enabled, r.target_free_slots, r.max_hosts, \
-                count(h.id) FILTER (WHERE h.status NOT IN ('TERMINATING', 'TERMINATED')), \
-                coalesce(sum(h.free_slots) FILTER (WHERE h.status = 'ACTIVE'), 0) \
+                count(h.id) FILTER (WHERE h.status NOT IN ('TERMINATING', 'TERMINATED')) AS hosts, \
+                coalesce(sum(h.free_slots) FILTER (WHERE h.status = 'ACTIVE'), 0) AS free_slots, \
+                count(h.id) FILTER (WHERE h.status = 'UNREACHABLE') AS unreachable_hosts, \
+                coalesce(sum((SELECT count(*) FROM sessions s WHERE s.host_id = h.id AND s.status = 'WAITING')) \
+                         FILTER (WHERE h.status = 'ACTIVE'), 0)::bigint AS warm_sessions \
          FROM regions r LEFT JOIN hosts h ON h.region = r.name GROUP BY r.name ORDER BY r.name",
     )
     .fetch_all(&scaler.db)
@@ -390,8 +421,13 @@ async fn regions(scaler: &Scaler, req: &Request<Incoming>) -> Result<HttpRespons
     .map_err(internal)?;
     let list: Vec<_> = rows
         .into_iter()
-        .map(|(name, enabled, target, max, hosts, free)| {
-            json!({"name": name, "enabled": enabled, "target_free_slots": target, "max_hosts": max, "hosts": hosts, "free_slots": free})
+        .map(|r| {
+            // Free slots are capacity; warm sessions are what an assign can take now.
+            let silence = scaler.silence(&r.name).unwrap_or_default();
+            json!({"name": r.name, "enabled": r.enabled, "target_free_slots": r.target_free_slots,
+                   "max_hosts": r.max_hosts, "hosts": r.hosts, "free_slots": r.free_slots,
+                   "warm_sessions": r.warm_sessions, "unreachable_hosts": r.unreachable_hosts,
+                   "liveness": {"silent_hosts": silence.silent_hosts, "mass_silence_suspected": silence.mass_silence_suspected}})
         })
         .collect();
     Ok(json(StatusCode::OK, &json!({"regions": list})))

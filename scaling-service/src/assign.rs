@@ -86,8 +86,21 @@ impl AssignRequest {
         {
             return bad("client_session_id must be 1 to 128 characters");
         }
+        let fields = [&self.runtime, &self.client_commit]
+            .into_iter()
+            .chain(&self.regions)
+            .chain(&self.client_session_id);
+        if fields.into_iter().any(|f| has_control_characters(f)) {
+            return bad("runtime, regions, client_commit and client_session_id must not contain control characters");
+        }
         Ok(())
     }
+}
+
+/// NUL cannot be stored in PostgreSQL text and no other control character
+/// belongs in a name or an id; such input is the client's mistake, not a 500.
+pub fn has_control_characters(s: &str) -> bool {
+    s.chars().any(char::is_control)
 }
 
 fn q(doing: &'static str) -> impl FnOnce(sqlx::Error) -> AssignError {

@@ -155,6 +155,11 @@ impl Authenticator {
         if data.claims.sub.is_empty() || data.claims.sub.len() > 256 {
             return Err(AuthError::Invalid("sub must be 1 to 256 characters".into()));
         }
+        if crate::assign::has_control_characters(&data.claims.sub) {
+            return Err(AuthError::Invalid(
+                "sub must not contain control characters".into(),
+            ));
+        }
         Ok(data.claims.sub)
     }
 

@@ -1,6 +1,7 @@
 //! The scaler's settings: every one a `--flag` with an environment variable
-//! (configuration contract in DESIGN.md), so a Procfile, the systemd unit and
-//! the tests drive it the same way.
+//! of the same meaning, the flag winning (the contract of
+//! [`berth_common::config`]), so a Procfile platform's config vars, the
+//! systemd unit's environment file and the tests' argv drive it the same way.
 
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -90,9 +91,22 @@ pub struct Config {
     #[arg(long, env = "BERTH_TICK_SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub tick_secs: u64,
 
-    /// Hosts' heartbeat period; a host silent for 3 periods is drained and terminated.
+    /// Hosts' heartbeat period. A host silent for 3 periods, counted only while
+    /// this scaler was itself connected to the database, is UNREACHABLE: no new
+    /// assigns, its running sessions left alone.
     #[arg(long, env = "BERTH_HEARTBEAT_SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub heartbeat_secs: u64,
+
+    /// Seconds an UNREACHABLE host is given to come back before it is terminated
+    /// and its sessions end as HOST_LOST (sooner if EC2 says it is not running).
+    #[arg(long, env = "BERTH_UNREACHABLE_GRACE_SECS", default_value_t = 600, value_parser = clap::value_parser!(u64).range(1..))]
+    pub unreachable_grace_secs: u64,
+
+    /// Percent of a region's hosts that may go silent together before silence
+    /// stops being evidence: above it (and at least 2 hosts) none of them is
+    /// terminated for silence; a network or database fault is suspected instead.
+    #[arg(long, env = "BERTH_MASS_SILENCE_PERCENT", default_value_t = 30, value_parser = clap::value_parser!(u8).range(1..=100))]
+    pub mass_silence_percent: u8,
 
     /// Seconds a launched host may take to register before it is terminated.
     #[arg(long, env = "BERTH_REGISTRATION_TIMEOUT_SECS", default_value_t = 600, value_parser = clap::value_parser!(u64).range(10..))]
@@ -150,6 +164,9 @@ impl Config {
     }
     pub fn heartbeat_grace(&self) -> Duration {
         Duration::from_secs(self.heartbeat_secs * 3)
+    }
+    pub fn unreachable_grace(&self) -> Duration {
+        Duration::from_secs(self.unreachable_grace_secs)
     }
     pub fn registration_timeout(&self) -> Duration {
         Duration::from_secs(self.registration_timeout_secs)

@@ -38,6 +38,8 @@ pub async fn supervise(scaler: Arc<Scaler>) {
         };
         match hint {
             Hint::Resync => {
+                // Reconnected: heartbeats written meanwhile were not seen live.
+                scaler.evidence.gap();
                 sync_controllers(&scaler).await;
                 scaler.wake_all();
             }
@@ -116,6 +118,7 @@ pub async fn run_region(scaler: Arc<Scaler>, region: String, mut wake: mpsc::Rec
         if let Some(conn) = lock.as_mut() {
             if !still_locked(conn).await {
                 tracing::warn!(region, "lost the region's lock connection");
+                scaler.evidence.not_leading(&region);
                 lock = None;
             }
         }
@@ -123,6 +126,8 @@ pub async fn run_region(scaler: Arc<Scaler>, region: String, mut wake: mpsc::Rec
             lock = try_lock(&scaler, &region).await;
             if lock.is_some() {
                 tracing::info!(region, "this replica now controls the region");
+                // A new controller has seen no heartbeat yet: fresh grace for all.
+                scaler.evidence.leading(&region);
             }
         }
         if lock.is_some() {
@@ -137,6 +142,7 @@ pub async fn run_region(scaler: Arc<Scaler>, region: String, mut wake: mpsc::Rec
             _ = tokio::time::sleep(scaler.config.tick()) => {}
         }
     }
+    scaler.evidence.not_leading(&region);
     if let Some(mut conn) = lock {
         let _ = sqlx::query("SELECT pg_advisory_unlock($1)")
             .bind(lock_key(&region))
@@ -157,6 +163,7 @@ pub async fn pass(scaler: &Scaler, region_name: &str) -> Result<(), StateError> 
     match scaler.provider.describe(region_name, env).await {
         Ok(cloud) => {
             launch::resolve_pending(scaler, &region, &cloud).await?;
+            sweeps::lost_instances(scaler, region_name, &cloud).await?;
             sweeps::orphans(scaler, region_name, &cloud).await?;
         }
         Err(error) => {

@@ -8,6 +8,7 @@ pub mod auth;
 pub mod config;
 pub mod controller;
 pub mod deploy;
+pub mod evidence;
 pub mod faults;
 pub mod launch;
 pub mod metrics;
@@ -47,11 +48,11 @@ pub enum Error {
 impl Error {
     pub fn exit_code(&self) -> i32 {
         match self {
+            Error::Db(e) if e.is_config() => exit::CONFIG,
             Error::AuthConfig(_)
             | Error::Bind { .. }
             | Error::LocalProvider(_)
-            | Error::UserData { .. }
-            | Error::Db(berth_common::db::DbError::BadUrl(_)) => exit::CONFIG,
+            | Error::UserData { .. } => exit::CONFIG,
             _ => exit::RUNTIME,
         }
     }

@@ -26,7 +26,7 @@ fn main() -> ExitCode {
             }) => {
                 let pool =
                     db::connect(&config.common.database_url, "scaling-service deploy", 1).await?;
-                db::migrate(&pool).await?;
+                db::prepare_schema(&pool, config.common.migrate).await?;
                 let id = deploy::start(
                     &pool,
                     &region,
@@ -41,6 +41,7 @@ fn main() -> ExitCode {
             Some(Command::DeployRelease { region }) => {
                 let pool =
                     db::connect(&config.common.database_url, "scaling-service deploy", 1).await?;
+                db::prepare_schema(&pool, config.common.migrate).await?;
                 deploy::release(&pool, &region).await?;
                 println!("region {region}: release signal given");
                 Ok(())

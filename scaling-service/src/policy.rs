@@ -1,6 +1,12 @@
 //! Scaling decisions as pure functions of a region's state, so they are
-//! unit-tested without a database or a cloud. The default is the buffer
-//! policy of DESIGN.md; a demand-aware policy can implement the same trait.
+//! unit-tested without a database or a cloud. The default, [`BufferPolicy`],
+//! keeps a warm buffer: it launches hosts of the region's current image until
+//! the free slots to expect (ACTIVE hosts' free slots, registering hosts'
+//! capacity, launches in flight) reach `target_free_slots`, never taking the
+//! region above `max_hosts` live instances; it drains empty hosts of retired
+//! images at once, and current-image hosts empty for longer than
+//! `scale_down_grace_s` while the buffer stays at target without them. A
+//! demand-aware policy can implement the same trait.
 
 use std::time::Duration;
 
@@ -52,12 +58,14 @@ pub trait Policy: Send + Sync + std::fmt::Debug {
     fn decide(&self, region: &RegionView) -> Vec<Action>;
 }
 
-/// Instances that cost money and count against `max_hosts`.
+/// Instances that cost money and count against `max_hosts`. A TERMINATING
+/// host is live until the cloud says it is gone (its row is deleted then):
+/// while TerminateInstances fails, it still runs and still costs.
 pub fn live_instances(region: &RegionView) -> i32 {
     let hosts = region
         .hosts
         .iter()
-        .filter(|h| !matches!(h.status, HostStatus::Terminating | HostStatus::Terminated))
+        .filter(|h| h.status != HostStatus::Terminated)
         .count() as i32;
     hosts + region.in_flight.iter().map(|f| f.hosts).sum::<i32>()
 }

@@ -12,6 +12,7 @@ use uuid::Uuid;
 use crate::assign::{assign, AssignError, AssignRequest, Assigned};
 use crate::auth::Authenticator;
 use crate::config::Config;
+use crate::evidence::{Evidence, Silence};
 use crate::metrics::Metrics;
 use crate::policy::Policy;
 use crate::provider::Provider;
@@ -26,6 +27,10 @@ pub struct Scaler {
     pub metrics: Metrics,
     pub stop: CancellationToken,
     pub tasks: TaskTracker,
+    /// For how long heartbeat silence is evidence (see `evidence`).
+    pub evidence: Arc<Evidence>,
+    /// Each region's silence as its last liveness pass judged it.
+    silence: Mutex<HashMap<String, Silence>>,
     /// Wakes each region's controller (bounded: one pending wake is enough).
     controllers: Mutex<HashMap<String, mpsc::Sender<()>>>,
     /// Launches this process is making right now; others PENDING are a crash's leftovers.
@@ -54,6 +59,8 @@ impl Scaler {
             metrics: Metrics::new(),
             stop: CancellationToken::new(),
             tasks: TaskTracker::new(),
+            evidence: Arc::new(Evidence::default()),
+            silence: Mutex::new(HashMap::new()),
             controllers: Mutex::new(HashMap::new()),
             launching: Mutex::new(HashSet::new()),
             assign_permits: tokio::sync::Semaphore::new(config.assign_concurrency as usize),
@@ -106,6 +113,14 @@ impl Scaler {
     /// Dropping the sender ends the region's controller.
     pub fn remove_controller(&self, region: &str) {
         lock(&self.controllers).remove(region);
+    }
+
+    pub fn set_silence(&self, region: &str, silence: Silence) {
+        lock(&self.silence).insert(region.to_owned(), silence);
+    }
+
+    pub fn silence(&self, region: &str) -> Option<Silence> {
+        lock(&self.silence).get(region).copied()
     }
 
     pub fn begin_launch(&self, id: Uuid) {

@@ -52,9 +52,7 @@ pub async fn start_with_provider(
         })?;
     }
     let pool = db::connect(&config.common.database_url, "scaling-service", 32).await?;
-    if config.common.migrate {
-        db::migrate(&pool).await?;
-    }
+    db::prepare_schema(&pool, config.common.migrate).await?;
     let addr = SocketAddr::new(config.listen_ip, config.port);
     let listener = TcpListener::bind(addr)
         .await
@@ -71,6 +69,11 @@ pub async fn start_with_provider(
     ));
     scaler.tasks.spawn(api::serve(scaler.clone(), listener));
     scaler.tasks.spawn(controller::supervise(scaler.clone()));
+    scaler.tasks.spawn(crate::evidence::watch_database(
+        scaler.evidence.clone(),
+        scaler.db.clone(),
+        scaler.stop.clone(),
+    ));
     tracing::info!(%addr, "scaling-service serving");
     Ok(Service { scaler, addr })
 }

@@ -1,5 +1,5 @@
-//! Liveness and clean-up: hosts that never register or stop heartbeating are
-//! drained and terminated; TERMINATING hosts are terminated, verified gone and
+//! Liveness and clean-up: hosts that never register are terminated; hosts that
+//! stop heartbeating become UNREACHABLE and are terminated only on evidence; TERMINATING hosts are terminated, verified gone and
 //! their rows deleted; cloud instances of this environment that the database
 //! does not know are terminated; rows whose instance is gone are deleted.
 
@@ -10,7 +10,8 @@ use berth_common::db::DbError;
 use chrono::Utc;
 use uuid::Uuid;
 
-use crate::provider::CloudInstance;
+use crate::evidence::Silence;
+use crate::provider::{CloudInstance, InstanceState};
 use crate::scaler::Scaler;
 
 /// A freshly launched instance may not be listed yet; rows younger than this
@@ -21,10 +22,15 @@ fn secs(d: Duration) -> f64 {
     d.as_secs_f64()
 }
 
-/// Moves hosts whose time is up: unregistered → TERMINATING; silent ACTIVE →
-/// DRAINING; silent or overdue DRAINING → TERMINATING.
+/// Moves hosts whose time is up, on evidence only (see `evidence`):
+/// unregistered → TERMINATING; silent ACTIVE → UNREACHABLE (no new assigns,
+/// sessions untouched); UNREACHABLE or DRAINING silent past the unreachable
+/// grace → TERMINATING with their sessions ending HOST_LOST — unless so many
+/// of the region's hosts went silent together that a shared fault is more
+/// likely than dead machines; overdue DRAINING → TERMINATING.
 pub async fn liveness(scaler: &Scaler, region: &str) -> Result<(), DbError> {
     let cfg = &scaler.config;
+    let watched = scaler.evidence.watched_for(region);
     let unregistered = sqlx::query(
         "UPDATE hosts SET status = 'TERMINATING', status_reason = 'did not register in time' \
          WHERE region = $1 AND status IN ('LAUNCHING', 'PRE_CONNECTION') AND launched_at < now() - make_interval(secs => $2)",
@@ -34,22 +40,65 @@ pub async fn liveness(scaler: &Scaler, region: &str) -> Result<(), DbError> {
     .execute(&scaler.db)
     .await
     .map_err(DbError::query("timing out unregistered hosts"))?;
-    let silent = sqlx::query(
-        "UPDATE hosts SET status = 'DRAINING', status_reason = 'missed heartbeats', draining_since = now() \
-         WHERE region = $1 AND status = 'ACTIVE' AND last_heartbeat_at < now() - make_interval(secs => $2)",
+
+    let heartbeat_grace = cfg.heartbeat_grace();
+    let (live_hosts, silent_hosts): (i64, i64) = sqlx::query_as(
+        "SELECT count(*), count(*) FILTER (WHERE last_heartbeat_at < now() - make_interval(secs => $2)) \
+         FROM hosts WHERE region = $1 AND status IN ('ACTIVE', 'UNREACHABLE', 'DRAINING')",
     )
     .bind(region)
-    .bind(secs(cfg.heartbeat_grace()))
-    .execute(&scaler.db)
+    .bind(secs(heartbeat_grace))
+    .fetch_one(&scaler.db)
     .await
-    .map_err(DbError::query("draining silent hosts"))?;
-    let done = sqlx::query(
+    .map_err(DbError::query("counting silent hosts"))?;
+    let silence = Silence::judge(silent_hosts, live_hosts, cfg.mass_silence_percent);
+    scaler.set_silence(region, silence);
+    if silence.mass_silence_suspected {
+        tracing::warn!(
+            region,
+            silent_hosts,
+            live_hosts,
+            "many hosts went silent together; none is terminated for silence while this lasts"
+        );
+    }
+
+    // Silence is evidence only for as long as this scaler could have heard.
+    let mut unreachable = 0;
+    if watched >= heartbeat_grace {
+        unreachable = sqlx::query(
+            "UPDATE hosts SET status = 'UNREACHABLE', unreachable_since = now(), \
+                    status_reason = 'no heartbeat since ' || to_char(last_heartbeat_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"') \
+             WHERE region = $1 AND status = 'ACTIVE' AND last_heartbeat_at < now() - make_interval(secs => $2)",
+        )
+        .bind(region)
+        .bind(secs(heartbeat_grace))
+        .execute(&scaler.db)
+        .await
+        .map_err(DbError::query("marking silent hosts unreachable"))?
+        .rows_affected();
+    }
+    let mut lost: Vec<String> = vec![];
+    let grace = cfg.unreachable_grace();
+    if watched >= grace && !silence.mass_silence_suspected {
+        lost = sqlx::query_scalar(
+            "SELECT id FROM hosts WHERE region = $1 AND status IN ('UNREACHABLE', 'DRAINING') \
+                AND last_heartbeat_at < now() - make_interval(secs => $2)",
+        )
+        .bind(region)
+        .bind(secs(grace))
+        .fetch_all(&scaler.db)
+        .await
+        .map_err(DbError::query("reading hosts unreachable past their grace"))?;
+    }
+    for host in &lost {
+        let evidence = format!("no heartbeat for more than {} s", grace.as_secs());
+        end_as_lost(scaler, host, &evidence).await?;
+    }
+    let overdue = sqlx::query(
         "UPDATE hosts SET status = 'TERMINATING', status_reason = coalesce(status_reason, 'drain overdue') \
-         WHERE region = $1 AND status = 'DRAINING' AND (last_heartbeat_at < now() - make_interval(secs => $2) \
-                                                        OR draining_since < now() - make_interval(secs => $3))",
+         WHERE region = $1 AND status = 'DRAINING' AND draining_since < now() - make_interval(secs => $2)",
     )
     .bind(region)
-    .bind(secs(cfg.heartbeat_grace()))
     .bind(secs(cfg.drain_timeout()))
     .execute(&scaler.db)
     .await
@@ -59,15 +108,82 @@ pub async fn liveness(scaler: &Scaler, region: &str) -> Result<(), DbError> {
         .execute(&scaler.db)
         .await
         .map_err(DbError::query("pruning old session endings"))?;
-    let moved = unregistered.rows_affected() + silent.rows_affected() + done.rows_affected();
+    let moved =
+        unregistered.rows_affected() + unreachable + lost.len() as u64 + overdue.rows_affected();
     if moved > 0 {
         tracing::warn!(
             region,
             unregistered = unregistered.rows_affected(),
-            silent = silent.rows_affected(),
-            overdue = done.rows_affected(),
+            unreachable,
+            lost = lost.len(),
+            overdue = overdue.rows_affected(),
             "liveness moved hosts"
         );
+    }
+    Ok(())
+}
+
+/// A host proven gone: its users' sessions end as HOST_LOST with the evidence
+/// (recorded when the row goes), and the host is terminated.
+async fn end_as_lost(scaler: &Scaler, host: &str, evidence: &str) -> Result<(), DbError> {
+    let reason = format!("host {host} was lost: {evidence}");
+    let mut tx = scaler
+        .db
+        .begin()
+        .await
+        .map_err(DbError::query("starting to end a lost host"))?;
+    sqlx::query(
+        "UPDATE sessions SET outcome = 'HOST_LOST', status_reason = $2 \
+         WHERE host_id = $1 AND user_id IS NOT NULL AND outcome IS NULL",
+    )
+    .bind(host)
+    .bind(&reason)
+    .execute(&mut *tx)
+    .await
+    .map_err(DbError::query("recording sessions of a lost host"))?;
+    sqlx::query(
+        "UPDATE hosts SET status = 'TERMINATING', status_reason = $2 \
+         WHERE id = $1 AND status NOT IN ('TERMINATING', 'TERMINATED')",
+    )
+    .bind(host)
+    .bind(&reason)
+    .execute(&mut *tx)
+    .await
+    .map_err(DbError::query("terminating a lost host"))?;
+    tx.commit()
+        .await
+        .map_err(DbError::query("ending a lost host"))?;
+    tracing::warn!(host, evidence, "host lost; terminating it");
+    Ok(())
+}
+
+/// Hosts the cloud lists as not running (stopped, shutting down, terminated)
+/// are lost whatever their heartbeats say: that is evidence, not silence.
+pub async fn lost_instances(
+    scaler: &Scaler,
+    region: &str,
+    cloud: &[CloudInstance],
+) -> Result<(), DbError> {
+    let hosts: Vec<String> = sqlx::query_scalar(
+        "SELECT id FROM hosts WHERE region = $1 AND status IN ('ACTIVE', 'UNREACHABLE', 'DRAINING') \
+            AND launch_id IS NOT NULL",
+    )
+    .bind(region)
+    .fetch_all(&scaler.db)
+    .await
+    .map_err(DbError::query("reading a region's live hosts"))?;
+    for host in hosts {
+        let stopped = cloud.iter().find(|i| i.id == host).map(|i| i.state);
+        if let Some(state) =
+            stopped.filter(|s| !matches!(s, InstanceState::Pending | InstanceState::Running))
+        {
+            end_as_lost(
+                scaler,
+                &host,
+                &format!("the cloud reports the instance {state:?}"),
+            )
+            .await?;
+        }
     }
     Ok(())
 }
@@ -172,6 +288,7 @@ pub async fn orphans(
                 host = id,
                 "deleting the row of an instance that no longer exists"
             );
+            end_as_lost(scaler, id, "the cloud no longer lists the instance").await?;
             sqlx::query("DELETE FROM hosts WHERE id = $1")
                 .bind(id)
                 .execute(&scaler.db)

@@ -236,6 +236,42 @@ async fn every_bad_request_gets_its_typed_error_and_the_api_behaves() {
             409,
             "COMMIT_MISMATCH",
         ),
+        // PostgreSQL cannot store NUL: each must be the client's 400, not a 500.
+        (
+            "NUL in runtime",
+            Some(alice.clone()),
+            json!({"runtime": "desk\u{0}top", "regions": [REGION]}),
+            400,
+            "BAD_REQUEST",
+        ),
+        (
+            "NUL in a region",
+            Some(alice.clone()),
+            json!({"runtime": "desktop", "regions": ["us-\u{0}east-1"]}),
+            400,
+            "BAD_REQUEST",
+        ),
+        (
+            "NUL in client_commit",
+            Some(alice.clone()),
+            json!({"runtime": "desktop", "regions": [REGION], "client_commit": "sha\u{0}"}),
+            400,
+            "BAD_REQUEST",
+        ),
+        (
+            "NUL in client_session_id",
+            Some(alice.clone()),
+            json!({"runtime": "desktop", "regions": [REGION], "client_session_id": "a\u{0}b"}),
+            400,
+            "BAD_REQUEST",
+        ),
+        (
+            "NUL in the token's sub",
+            Some(jwt("ali\u{0}ce", AUDIENCE, 300)),
+            good.clone(),
+            401,
+            "UNAUTHORIZED",
+        ),
     ];
     for (what, token, body, status, expected) in refused {
         let (got, body) = call(
@@ -247,6 +283,12 @@ async fn every_bad_request_gets_its_typed_error_and_the_api_behaves() {
         )
         .await;
         assert_eq!((got, code(&body)), (status, expected), "{what}: {body}");
+        let message = body["error"]["message"].as_str().unwrap_or_default();
+        assert!(
+            !message.contains("invalid byte sequence")
+                && !message.contains("error returned from database"),
+            "{what}: the database's words reached the client: {message}"
+        );
         assert!(
             body["error"]["message"]
                 .as_str()

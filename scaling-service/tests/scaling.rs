@@ -2,7 +2,7 @@
 
 mod support;
 
-use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -129,12 +129,7 @@ async fn the_cap_holds_while_run_instances_fails_intermittently() {
     region(&db, 0, 5, 2).await;
     let env = env_name();
     let aws = aws().await;
-    let faulty = Arc::new(FaultyProvider {
-        inner: aws.clone(),
-        lose_every: 2,
-        throttle_every: 3,
-        calls: AtomicUsize::new(0),
-    });
+    let faulty = Arc::new(FaultyProvider::new(aws.clone(), 2, 3));
     let scaler = scaler(&db, &env, faulty.clone(), &[]).await;
     let mut max_seen = 0;
     for round in 0..14 {
@@ -179,6 +174,47 @@ async fn the_cap_holds_while_run_instances_fails_intermittently() {
         cloud.iter().all(|i| rows.contains(&i.id)),
         "no instance without a row"
     );
+    db.drop_database().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cap_holds_while_terminate_instances_fails() {
+    let db = TestDb::new().await;
+    region(&db, 4, 5, 2).await;
+    let env = env_name();
+    let aws = aws().await;
+    let faulty = Arc::new(FaultyProvider::new(aws.clone(), 0, 0));
+    let scaler = scaler(&db, &env, faulty.clone(), &[]).await;
+    pass(&scaler, REGION).await.unwrap();
+    register_hosts(&db).await;
+    // Both hosts are to go, but EC2 refuses every termination.
+    faulty.fail_terminate.store(true, Ordering::SeqCst);
+    sqlx::query("UPDATE hosts SET status = 'TERMINATING', status_reason = 'test'")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    for round in 0..8 {
+        pass(&scaler, REGION).await.unwrap();
+        register_hosts(&db).await;
+        let live = live_cloud(aws.as_ref(), &env).await.len();
+        assert!(
+            live <= 5,
+            "round {round}: {live} instances run while terminations fail, above max_hosts 5"
+        );
+    }
+    // Once EC2 terminates again, the stuck hosts go and the rows follow.
+    faulty.fail_terminate.store(false, Ordering::SeqCst);
+    pass(&scaler, REGION).await.unwrap();
+    let terminating: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM hosts WHERE status = 'TERMINATING'")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        terminating, 0,
+        "terminated hosts are removed once EC2 answers"
+    );
+    assert!(live_cloud(aws.as_ref(), &env).await.len() <= 5);
     db.drop_database().await;
 }
 
@@ -229,8 +265,137 @@ async fn an_instance_unknown_to_the_database_is_terminated_by_the_sweep() {
     db.drop_database().await;
 }
 
+/// Every live host but `silent` heartbeats now (what their daemons would do).
+async fn beat_except(db: &TestDb, silent: &[&str]) {
+    sqlx::query(
+        "UPDATE hosts SET last_heartbeat_at = now() \
+         WHERE status IN ('ACTIVE', 'UNREACHABLE') AND NOT (id = ANY($1))",
+    )
+    .bind(silent.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+    .execute(&db.pool)
+    .await
+    .unwrap();
+}
+
+async fn silence(db: &TestDb, host: &str) {
+    sqlx::query("UPDATE hosts SET last_heartbeat_at = now() - interval '1 hour' WHERE id = $1")
+        .bind(host)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+}
+
+async fn host_status(db: &TestDb, host: &str) -> Option<String> {
+    sqlx::query_scalar("SELECT status::text FROM hosts WHERE id = $1")
+        .bind(host)
+        .fetch_optional(&db.pool)
+        .await
+        .unwrap()
+}
+
+/// A user session on `host`, as an assign leaves it.
+async fn user_session(db: &TestDb, host: &str, user: &str) -> uuid::Uuid {
+    let id: uuid::Uuid = sqlx::query_scalar(
+        "UPDATE sessions SET status = 'RUNNING', user_id = $2, token_sha256 = repeat('c', 64), allocated_at = now() \
+         WHERE id = (SELECT id FROM sessions WHERE host_id = $1 AND status = 'WAITING' LIMIT 1) RETURNING id",
+    )
+    .bind(host)
+    .bind(user)
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    sqlx::query("UPDATE hosts SET free_slots = free_slots - 1 WHERE id = $1")
+        .bind(host)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    id
+}
+
+async fn ending(db: &TestDb, session: uuid::Uuid) -> Option<(String, String)> {
+    sqlx::query_as("SELECT outcome::text, reason FROM session_history WHERE id = $1")
+        .bind(session)
+        .fetch_optional(&db.pool)
+        .await
+        .unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_host_whose_heartbeats_stop_is_drained_then_terminated() {
+async fn a_silent_host_is_unreachable_first_and_terminated_and_replaced_past_its_grace() {
+    let db = TestDb::new().await;
+    region(&db, 4, 6, 2).await;
+    let env = env_name();
+    let aws = aws().await;
+    let scaler = scaler(
+        &db,
+        &env,
+        aws.clone(),
+        &["--heartbeat-secs", "1", "--unreachable-grace-secs", "4"],
+    )
+    .await;
+    pass(&scaler, REGION).await.unwrap();
+    register_hosts(&db).await;
+    let hosts = host_statuses(&db).await;
+    assert_eq!(hosts.len(), 2);
+    let (dead, alive) = (hosts[0].0.clone(), hosts[1].0.clone());
+    let session = user_session(&db, &dead, "ada").await;
+    silence(&db, &dead).await;
+
+    // Once the scaler has watched for a heartbeat grace: UNREACHABLE, not dead.
+    eventually(
+        "the silent host to be UNREACHABLE",
+        Duration::from_secs(10),
+        || async {
+            beat_except(&db, &[&dead]).await;
+            pass(&scaler, REGION).await.unwrap();
+            host_status(&db, &dead).await.as_deref() == Some("UNREACHABLE")
+        },
+    )
+    .await;
+    assert!(
+        ending(&db, session).await.is_none(),
+        "its session is left alone"
+    );
+    let cloud = live_cloud(aws.as_ref(), &env).await;
+    assert!(
+        cloud.iter().any(|i| i.id == dead),
+        "and it is not terminated yet"
+    );
+    // Its warm slot no longer counts: a replacement is launched.
+    let rows = host_statuses(&db).await;
+    assert_eq!(rows.len(), 3, "a replacement was launched: {rows:?}");
+
+    // Past the unreachable grace: terminated, removed, the session HOST_LOST.
+    eventually(
+        "the lost host to be removed",
+        Duration::from_secs(20),
+        || async {
+            beat_except(&db, &[&dead]).await;
+            pass(&scaler, REGION).await.unwrap();
+            host_status(&db, &dead).await.is_none()
+        },
+    )
+    .await;
+    let (outcome, reason) = ending(&db, session).await.expect("the ending is recorded");
+    assert_eq!(outcome, "HOST_LOST");
+    assert!(
+        reason.contains(&dead) && reason.contains("heartbeat"),
+        "{reason}"
+    );
+    let state = aws
+        .describe(REGION, &env)
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|i| i.id == dead)
+        .map(|i| i.state);
+    assert!(state.is_some_and(|s| s.is_gone()), "terminated: {state:?}");
+    assert_eq!(host_status(&db, &alive).await.as_deref(), Some("ACTIVE"));
+    db.drop_database().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_host_that_beats_again_is_active_with_its_sessions() {
     let db = TestDb::new().await;
     region(&db, 2, 5, 2).await;
     let env = env_name();
@@ -238,35 +403,170 @@ async fn a_host_whose_heartbeats_stop_is_drained_then_terminated() {
     let scaler = scaler(&db, &env, aws.clone(), &["--heartbeat-secs", "1"]).await;
     pass(&scaler, REGION).await.unwrap();
     register_hosts(&db).await;
-    let (host, _) = host_statuses(&db).await.remove(0);
-    sqlx::query("UPDATE hosts SET last_heartbeat_at = now() - interval '1 minute' WHERE id = $1")
-        .bind(&host)
+    let host = host_statuses(&db).await.remove(0).0;
+    let session = user_session(&db, &host, "ada").await;
+    silence(&db, &host).await;
+    eventually("UNREACHABLE", Duration::from_secs(10), || async {
+        pass(&scaler, REGION).await.unwrap();
+        host_status(&db, &host).await.as_deref() == Some("UNREACHABLE")
+    })
+    .await;
+    let reason: Option<String> =
+        sqlx::query_scalar("SELECT status_reason FROM hosts WHERE id = $1")
+            .bind(&host)
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    assert!(reason.is_some_and(|r| r.starts_with("no heartbeat since")));
+    beat_except(&db, &[]).await;
+    assert_eq!(
+        host_status(&db, &host).await.as_deref(),
+        Some("ACTIVE"),
+        "a heartbeat revives it"
+    );
+    pass(&scaler, REGION).await.unwrap();
+    assert_eq!(host_status(&db, &host).await.as_deref(), Some("ACTIVE"));
+    let status: String = sqlx::query_scalar("SELECT status::text FROM sessions WHERE id = $1")
+        .bind(session)
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(status, "RUNNING");
+    db.drop_database().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_terminated_in_ec2_is_removed_in_one_pass_and_its_sessions_end_host_lost() {
+    let db = TestDb::new().await;
+    region(&db, 2, 5, 2).await;
+    let env = env_name();
+    let aws = aws().await;
+    let scaler = scaler(&db, &env, aws.clone(), &[]).await;
+    pass(&scaler, REGION).await.unwrap();
+    register_hosts(&db).await;
+    let host = host_statuses(&db).await.remove(0).0;
+    let session = user_session(&db, &host, "ada").await;
+    // Someone terminates the instance behind Berth's back; it was heartbeating.
+    aws.terminate(REGION, std::slice::from_ref(&host))
+        .await
+        .unwrap();
+    // The row is younger than the listing grace, so age it as a real fleet's.
+    sqlx::query("UPDATE hosts SET launched_at = now() - interval '1 hour'")
         .execute(&db.pool)
         .await
         .unwrap();
     pass(&scaler, REGION).await.unwrap();
-    // A silent ACTIVE host is drained; still silent, it is terminated and, once
-    // the cloud confirms, its row is gone — in one or two passes.
+    assert!(
+        host_status(&db, &host).await.is_none(),
+        "removed in one pass"
+    );
+    let (outcome, reason) = ending(&db, session).await.expect("the ending is recorded");
+    assert_eq!(outcome, "HOST_LOST");
+    assert!(reason.contains(&host), "{reason}");
+    db.drop_database().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn half_a_region_silent_at_once_terminates_none_and_one_alone_is_terminated() {
+    let db = TestDb::new().await;
+    region(&db, 8, 6, 2).await;
+    let env = env_name();
+    let aws = aws().await;
+    let scaler = scaler(
+        &db,
+        &env,
+        aws.clone(),
+        &["--heartbeat-secs", "1", "--unreachable-grace-secs", "3"],
+    )
+    .await;
     pass(&scaler, REGION).await.unwrap();
-    let rows = host_statuses(&db).await;
-    assert!(
-        rows.iter().all(|(id, _)| *id != host),
-        "the dead host's row is deleted: {rows:?}"
-    );
-    let state = aws
-        .describe(REGION, &env)
+    register_hosts(&db).await;
+    let hosts: Vec<String> = host_statuses(&db)
         .await
-        .unwrap()
         .into_iter()
-        .find(|i| i.id == host)
-        .map(|i| i.state);
+        .map(|(id, _)| id)
+        .collect();
+    assert_eq!(hosts.len(), 4);
+    silence(&db, &hosts[0]).await;
+    silence(&db, &hosts[1]).await;
+    let silent = [hosts[0].as_str(), hosts[1].as_str()];
+    // Well past both graces: they are UNREACHABLE, the brake holds, none goes.
+    eventually(
+        "the mass silence to be suspected",
+        Duration::from_secs(10),
+        || async {
+            beat_except(&db, &silent).await;
+            pass(&scaler, REGION).await.unwrap();
+            scaler
+                .silence(REGION)
+                .is_some_and(|s| s.mass_silence_suspected)
+                && host_status(&db, silent[0]).await.as_deref() == Some("UNREACHABLE")
+        },
+    )
+    .await;
+    let held_since = std::time::Instant::now();
+    while held_since.elapsed() < Duration::from_secs(5) {
+        beat_except(&db, &silent).await;
+        pass(&scaler, REGION).await.unwrap();
+        for host in silent {
+            assert_eq!(
+                host_status(&db, host).await.as_deref(),
+                Some("UNREACHABLE"),
+                "no host is terminated for silence while half the region is silent"
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let silence = scaler.silence(REGION).unwrap();
+    // (A slow pass on a loaded machine may see a healthy host late as well.)
     assert!(
-        state.is_some_and(|s| s.is_gone()),
-        "the dead host is terminated: {state:?}"
+        silence.silent_hosts >= 2 && silence.live_hosts == 4,
+        "{silence:?}"
     );
-    // And the buffer is refilled by a replacement.
-    let replacements = host_statuses(&db).await.len();
-    assert_eq!(replacements, 1, "a replacement host was launched");
+
+    // One comes back; the other, alone now, is terminated past its grace.
+    beat_except(&db, &[silent[1]]).await;
+    eventually(
+        "the lone silent host to be removed",
+        Duration::from_secs(20),
+        || async {
+            beat_except(&db, &[silent[1]]).await;
+            pass(&scaler, REGION).await.unwrap();
+            host_status(&db, silent[1]).await.is_none()
+        },
+    )
+    .await;
+    assert_eq!(host_status(&db, silent[0]).await.as_deref(), Some("ACTIVE"));
+    db.drop_database().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heartbeats_missed_while_the_scaler_was_away_are_not_held_against_hosts() {
+    let db = TestDb::new().await;
+    region(&db, 4, 5, 2).await;
+    let env = env_name();
+    let aws = aws().await;
+    let first = scaler(&db, &env, aws.clone(), &["--heartbeat-secs", "2"]).await;
+    pass(&first, REGION).await.unwrap();
+    register_hosts(&db).await;
+    // The database (or this scaler) was away for an hour: every heartbeat is old.
+    sqlx::query("UPDATE hosts SET last_heartbeat_at = now() - interval '1 hour'")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let restarted = scaler(&db, &env, aws.clone(), &["--heartbeat-secs", "2"]).await;
+    pass(&restarted, REGION).await.unwrap();
+    let statuses = host_statuses(&db).await;
+    assert!(
+        statuses.iter().all(|(_, s)| s == "ACTIVE"),
+        "a fresh scaler gives every host a fresh grace: {statuses:?}"
+    );
+    // The same after the scaler's own database connection dropped.
+    first.evidence.disconnected();
+    first.evidence.connected();
+    pass(&first, REGION).await.unwrap();
+    let statuses = host_statuses(&db).await;
+    assert!(statuses.iter().all(|(_, s)| s == "ACTIVE"), "{statuses:?}");
     db.drop_database().await;
 }
 

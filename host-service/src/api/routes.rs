@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use berth_common::auth::token_matches;
+use berth_common::exposition::metrics_response;
 use berth_common::http::{bearer, json, read_body, text, ApiError, HttpResponse};
 use berth_common::SessionId;
 use http::{Method, Request, Response, StatusCode};
@@ -29,7 +30,7 @@ pub async fn handle(host: Arc<Host>, req: Request<Incoming>) -> Response<Body> {
         (&Method::GET | &Method::POST, ["sessions", id, "login"]) => {
             proxy::login(&host, req, id).await
         }
-        (_, ["sessions", _, "login"]) => Err(method_not_allowed()),
+        (_, ["sessions", _, "login"]) => Err(ApiError::method_not_allowed("GET, POST")),
         _ => return api(host, req, &segments).await.map(proxy::boxed),
     };
     result.unwrap_or_else(|e| {
@@ -40,27 +41,22 @@ pub async fn handle(host: Arc<Host>, req: Request<Incoming>) -> Response<Body> {
     })
 }
 
-fn method_not_allowed() -> ApiError {
-    ApiError::new(
-        StatusCode::METHOD_NOT_ALLOWED,
-        "METHOD_NOT_ALLOWED",
-        "method not allowed here",
-    )
-}
-
 async fn api(host: Arc<Host>, req: Request<Incoming>, segments: &[&str]) -> HttpResponse {
     let result = match (req.method(), segments) {
         (&Method::GET, ["healthz"]) => Ok(text(StatusCode::OK, "text/plain", "ok\n")),
         (&Method::GET, ["readyz"]) => Ok(readyz(&host).await),
-        (&Method::GET, ["metrics"]) => Ok(metrics(&host)),
+        (&Method::GET, ["metrics"]) => Ok(metrics(&host, &req)),
         (&Method::GET, ["openapi.json"]) => Ok(text(StatusCode::OK, "application/json", OPENAPI)),
         (&Method::PUT, ["json_transport"]) => json_transport(&host, req).await,
         (&Method::GET, ["sessions", id]) => session_status(&host, &req, id).await,
         (&Method::DELETE, ["sessions", id]) => delete_session(&host, &req, id).await,
-        (&Method::POST, ["sessions", id, "activity"]) => activity(&host, &req, id),
-        (_, ["healthz" | "readyz" | "metrics" | "openapi.json" | "json_transport"])
-        | (_, ["sessions", _])
-        | (_, ["sessions", _, "activity"]) => Err(method_not_allowed()),
+        (&Method::POST, ["sessions", id, "activity"]) => activity(&host, &req, id).await,
+        (_, ["healthz" | "readyz" | "metrics" | "openapi.json"]) => {
+            Err(ApiError::method_not_allowed("GET"))
+        }
+        (_, ["json_transport"]) => Err(ApiError::method_not_allowed("PUT")),
+        (_, ["sessions", _]) => Err(ApiError::method_not_allowed("GET, DELETE")),
+        (_, ["sessions", _, "activity"]) => Err(ApiError::method_not_allowed("POST")),
         _ => Err(ApiError::not_found()),
     };
     result.unwrap_or_else(|e| {
@@ -85,13 +81,9 @@ async fn readyz(host: &Host) -> HttpResponse {
     text(StatusCode::OK, "text/plain", "ready\n")
 }
 
-fn metrics(host: &Host) -> HttpResponse {
+fn metrics(host: &Host, req: &Request<Incoming>) -> HttpResponse {
     host.metrics.sessions.set(host.session_count() as i64);
-    text(
-        StatusCode::OK,
-        "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        host.metrics.render(),
-    )
+    metrics_response(req, &host.metrics.render())
 }
 
 #[derive(Debug, Deserialize)]
@@ -140,8 +132,21 @@ async fn json_transport(
                 FinishError::NotReady(_) => (StatusCode::GATEWAY_TIMEOUT, "APP_NOT_READY"),
                 FinishError::InitFailed(_) => (StatusCode::BAD_GATEWAY, "INIT_FAILED"),
                 FinishError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL"),
+                FinishError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE"),
             };
-            ApiError::new(status, code, e.to_string())
+            // Internal detail (Docker's, the database's) stays in the log.
+            let message = match &e {
+                FinishError::Internal(_) => {
+                    tracing::error!(session = %id, error = %e, "json_transport failed");
+                    "finishing the session failed on the host; it was torn down, request a new session".to_owned()
+                }
+                FinishError::Unavailable(_) => {
+                    tracing::warn!(session = %id, error = %e, "json_transport could not check the token");
+                    "the host could not check the session's token just now; nothing was changed, retry".to_owned()
+                }
+                _ => e.to_string(),
+            };
+            ApiError::new(status, code, message)
         })?;
     let mut body = json!({"session_id": id, "status": "RUNNING", "ports": finished.ports});
     if let Some(init) = finished.init {
@@ -151,7 +156,7 @@ async fn json_transport(
 }
 
 /// The session named in the path, if the bearer token is its owner's.
-fn authorized_session(
+async fn authorized_session(
     host: &Host,
     req: &Request<Incoming>,
     id: &str,
@@ -159,10 +164,17 @@ fn authorized_session(
     let token = bearer(req)?;
     let id: SessionId = id.parse().map_err(|_| ApiError::forbidden())?;
     let session = host.session(id).ok_or_else(ApiError::forbidden)?;
-    let owner_ok = session
-        .phase()
-        .owner()
-        .is_some_and(|o| token_matches(&token, &o.token_sha256));
+    let owner = finish::current_owner(host, &session)
+        .await
+        .map_err(|error| {
+            tracing::warn!(session = %id, %error, "could not re-read a session's token");
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "UNAVAILABLE",
+                "the host could not check the session's token just now; retry",
+            )
+        })?;
+    let owner_ok = owner.is_some_and(|o| token_matches(&token, &o.token_sha256));
     if owner_ok {
         Ok(session)
     } else {
@@ -175,7 +187,7 @@ async fn session_status(
     req: &Request<Incoming>,
     id: &str,
 ) -> Result<HttpResponse, ApiError> {
-    let session = authorized_session(host, req, id)?;
+    let session = authorized_session(host, req, id).await?;
     let status = session.phase().name();
     let mut body = json!({"session_id": session.id, "status": status, "ports": session.ports, "tty": session.tty,
                 "runtime": session.runtime.name, "connections": session.activity.connections(),
@@ -197,11 +209,12 @@ async fn init_answer(
             .bind(session.id)
             .fetch_optional(&host.db)
             .await
-            .map_err(|e| {
+            .map_err(|error| {
+                tracing::warn!(session = %session.id, %error, "reading the init answer failed");
                 ApiError::new(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "DATABASE_UNAVAILABLE",
-                    format!("reading the init answer failed: {e}; retry"),
+                    "the host could not read the init answer just now; retry",
                 )
             })?;
     let Some(sealed) = sealed.flatten() else {
@@ -213,8 +226,12 @@ async fn init_answer(
 }
 
 /// `POST /sessions/<id>/activity`: the owner says the session is in use.
-fn activity(host: &Host, req: &Request<Incoming>, id: &str) -> Result<HttpResponse, ApiError> {
-    let session = authorized_session(host, req, id)?;
+async fn activity(
+    host: &Host,
+    req: &Request<Incoming>,
+    id: &str,
+) -> Result<HttpResponse, ApiError> {
+    let session = authorized_session(host, req, id).await?;
     session.activity.touch();
     Ok(json(
         StatusCode::OK,
@@ -227,7 +244,7 @@ async fn delete_session(
     req: &Request<Incoming>,
     id: &str,
 ) -> Result<HttpResponse, ApiError> {
-    let session = authorized_session(host, req, id)?;
+    let session = authorized_session(host, req, id).await?;
     let id = session.id;
     let _ = spawn_teardown(host, session, Ending::deleted("deleted by its owner")).await;
     Ok(json(

@@ -4,6 +4,7 @@
 //! RUNNING. Timeouts tear the session down and free its slot.
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use berth_common::atomic_file::write_atomically;
 use berth_common::auth::{token_matches, token_sha256_hex};
@@ -30,6 +31,9 @@ pub enum FinishError {
     InitFailed(String),
     #[error("finishing the session failed: {0}; the session was torn down, request a new one")]
     Internal(String),
+    /// Nothing was changed; the same call can be retried.
+    #[error("checking the session's token failed: {0}; retry")]
+    Unavailable(String),
 }
 
 /// Claims `session` for its user if the scaler allocated it. With `token`,
@@ -78,7 +82,7 @@ pub async fn claim(
 
 /// No client within the timeout → teardown, so an abandoned allocation
 /// cannot hold a slot forever.
-fn arm_client_timeout(host: &Arc<Host>, session: Arc<Session>) {
+pub(crate) fn arm_client_timeout(host: &Arc<Host>, session: Arc<Session>) {
     let (host2, timeout) = (host.clone(), host.config.client_timeout());
     host.tasks.spawn(async move {
         tokio::select! {
@@ -111,17 +115,26 @@ pub async fn json_transport(
     token: &str,
     json_data: String,
 ) -> Result<Finished, FinishError> {
+    let received = Instant::now();
     let session = host.session(id).ok_or(FinishError::Forbidden)?;
     // The client may be faster than the ALLOCATED hint.
-    claim(host, &session, Some(token))
+    let claimed = claim(host, &session, Some(token))
         .await
         .map_err(|e| FinishError::Internal(e.to_string()))?;
-    refresh_token_hash(host, &session, token).await;
+    // A claim made by this call compared the presented token with the row's
+    // hash in the same guarded UPDATE, so re-reading the row would only repeat
+    // that check. Otherwise the hint claimed it earlier and the scaler may
+    // have re-issued the token since: the row decides.
+    let owner = if claimed {
+        session.phase().owner().cloned()
+    } else {
+        current_owner(host, &session)
+            .await
+            .map_err(|e| FinishError::Unavailable(e.to_string()))?
+    };
+    let owner_ok = owner.is_some_and(|o| token_matches(token, &o.token_sha256));
     {
         let mut phase = session.phase();
-        let owner_ok = phase
-            .owner()
-            .is_some_and(|o| token_matches(token, &o.token_sha256));
         match &*phase {
             Phase::Connecting(owner) if owner_ok => *phase = Phase::Finishing(owner.clone()),
             Phase::Finishing(_) | Phase::Running(_) if owner_ok => {
@@ -134,20 +147,32 @@ pub async fn json_transport(
         }
     }
     // A task of its own: a client hanging up must not stop halfway.
-    let task = host
-        .tasks
-        .spawn(finish(host.clone(), session, json_data, token.to_owned()));
+    let checked = Checked {
+        received,
+        check: received.elapsed(),
+        claimed,
+    };
+    let task = host.tasks.spawn(finish(
+        host.clone(),
+        session,
+        json_data,
+        token.to_owned(),
+        checked,
+    ));
     task.await
         .map_err(|e| FinishError::Internal(format!("finishing task ended abnormally: {e}")))?
 }
 
-/// The scaler re-issues a token when a client repeats its assign before the
-/// app runs; the stored hash is then the truth, not the one cached at claim.
-async fn refresh_token_hash(host: &Host, session: &Session, token: &str) {
-    let stale =
-        matches!(&*session.phase(), Phase::Connecting(o) if !token_matches(token, &o.token_sha256));
-    if !stale {
-        return;
+/// The session's owner as the database has it now. Until the app runs, the
+/// scaler re-issues the token whenever the client repeats its assign, so the
+/// hash cached at claim may be stale either way (an old token must stop
+/// working, a new one must start); once RUNNING the token no longer changes.
+pub async fn current_owner(host: &Host, session: &Session) -> Result<Option<Owner>, DbError> {
+    {
+        let phase = session.phase();
+        if !matches!(&*phase, Phase::Connecting(_) | Phase::Finishing(_)) {
+            return Ok(phase.owner().cloned());
+        }
     }
     let stored: Option<String> = sqlx::query_scalar(
         "SELECT token_sha256 FROM sessions WHERE id = $1 AND status = 'CONNECTING'",
@@ -155,11 +180,29 @@ async fn refresh_token_hash(host: &Host, session: &Session, token: &str) {
     .bind(session.id)
     .fetch_optional(&host.db)
     .await
-    .ok()
+    .map_err(DbError::query("re-reading a session's token"))?
     .flatten();
-    if let (Some(stored), Phase::Connecting(owner)) = (stored, &mut *session.phase()) {
+    let mut phase = session.phase();
+    if let (Some(stored), Phase::Connecting(owner) | Phase::Finishing(owner)) =
+        (stored, &mut *phase)
+    {
         owner.token_sha256 = stored;
     }
+    Ok(phase.owner().cloned())
+}
+
+/// When json_transport got the request and what checking its token took,
+/// so the RUNNING log line accounts for the host's whole share of the call.
+struct Checked {
+    received: Instant,
+    check: Duration,
+    /// This call claimed the session (it beat the ALLOCATED hint).
+    claimed: bool,
+}
+
+/// Milliseconds with 0.1 ms resolution, for log fields.
+fn ms(d: Duration) -> f64 {
+    (d.as_secs_f64() * 1e4).round() / 10.0
 }
 
 async fn finish(
@@ -167,8 +210,9 @@ async fn finish(
     session: Arc<Session>,
     json_data: String,
     token: String,
+    checked: Checked,
 ) -> Result<Finished, FinishError> {
-    let started = std::time::Instant::now();
+    let started = Instant::now();
     if let Err(e) = attach_user_volume(&host, &session) {
         spawn_teardown(&host, session, Ending::failed(format!("user volume: {e}")));
         return Err(FinishError::Internal(format!(
@@ -191,8 +235,9 @@ async fn finish(
         return Err(FinishError::Internal(format!("writing config.json: {e}")));
     }
     crate::faults::point("finish.after_config");
+    let configured = Instant::now();
     let rt = &session.runtime;
-    if let Err(e) = wait_ready(
+    let probes = match wait_ready(
         &rt.readiness,
         session.container_ip,
         &session.paths.session,
@@ -200,13 +245,17 @@ async fn finish(
     )
     .await
     {
-        spawn_teardown(
-            &host,
-            session,
-            Ending::failed(format!("app not ready: {e}")),
-        );
-        return Err(FinishError::NotReady(e.to_string()));
-    }
+        Ok(probes) => probes,
+        Err(e) => {
+            spawn_teardown(
+                &host,
+                session,
+                Ending::failed(format!("app not ready: {e}")),
+            );
+            return Err(FinishError::NotReady(e.to_string()));
+        }
+    };
+    let ready = Instant::now();
     let (init, sealed) = match run_init(&session, &token).await {
         Ok(answer) => answer,
         Err(e) => {
@@ -214,6 +263,7 @@ async fn finish(
             return Err(FinishError::InitFailed(e.to_string()));
         }
     };
+    let initialized = Instant::now();
     let marked = sqlx::query(
         "UPDATE sessions SET status = 'RUNNING', ready_at = now(), last_activity_at = now(), \
                 init_sealed = $2 WHERE id = $1 AND status = 'CONNECTING'",
@@ -248,7 +298,23 @@ async fn finish(
     host.metrics
         .ready_seconds
         .observe(started.elapsed().as_secs_f64());
-    tracing::info!(session = %session.id, ms = started.elapsed().as_millis() as u64, "session RUNNING");
+    // `ms` is the host's whole share of the client's call, from the request
+    // to RUNNING; the stages: the token check (with the claim when the client
+    // beat the hint), task start, config.json, readiness, init, RUNNING row.
+    let done = Instant::now();
+    tracing::info!(
+        session = %session.id,
+        ms = ms(done - checked.received),
+        check_ms = ms(checked.check),
+        claimed_here = checked.claimed,
+        start_ms = ms(started - (checked.received + checked.check)),
+        config_ms = ms(configured - started),
+        ready_ms = ms(ready - configured),
+        probes,
+        init_ms = ms(initialized - ready),
+        mark_ms = ms(done - initialized),
+        "session RUNNING"
+    );
     Ok(Finished {
         ports: session.ports.clone(),
         init,

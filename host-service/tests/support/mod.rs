@@ -192,14 +192,8 @@ impl TestHost {
 }
 
 /// Kills a daemon process when the test ends, pass or fail.
-pub struct KillOnDrop(pub std::process::Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+#[allow(unused_imports)] // not every test binary runs the daemon as a process
+pub use berth_common::testing::KillOnDrop;
 
 /// For tests that run the daemon as a process: a fresh database with the test
 /// runtime, and the host id, state dir and arguments of a host of `capacity`.

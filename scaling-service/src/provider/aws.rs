@@ -8,8 +8,17 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
+use aws_config::ecs::EcsCredentialsProvider;
+use aws_config::environment::{
+    EnvironmentVariableCredentialsProvider, EnvironmentVariableRegionProvider,
+};
+use aws_config::meta::credentials::CredentialsProviderChain;
+use aws_config::meta::region::RegionProviderChain;
+use aws_config::profile::{ProfileFileCredentialsProvider, ProfileFileRegionProvider};
+use aws_config::provider_config::ProviderConfig;
 use aws_config::retry::RetryConfig;
 use aws_config::timeout::TimeoutConfig;
+use aws_config::web_identity_token::WebIdentityTokenCredentialsProvider;
 use aws_config::{BehaviorVersion, Region, SdkConfig};
 use aws_sdk_ec2::error::ProvideErrorMetadata;
 use aws_sdk_ec2::types::{
@@ -33,6 +42,10 @@ pub struct AwsProvider {
     clients: Mutex<HashMap<String, Client>>,
 }
 
+/// The shared configuration's region when neither the environment nor the
+/// profile names one (EC2 calls always name their own).
+pub const FALLBACK_REGION: &str = "us-east-1";
+
 /// Error codes that mean "try another place or type", not "give up".
 const CAPACITY_CODES: &[&str] = &[
     "InsufficientInstanceCapacity",
@@ -44,14 +57,31 @@ const CAPACITY_CODES: &[&str] = &[
 const THROTTLE_CODES: &[&str] = &["RequestLimitExceeded", "Throttling", "ThrottlingException"];
 
 impl AwsProvider {
+    /// The SDK configuration without probes of the instance metadata service
+    /// (IMDS) that cannot help: off EC2 each probe waits for a timeout and logs
+    /// a long warning. Every EC2 call names its region (the region's row), so
+    /// the shared region only seeds credential providers: it comes from
+    /// `AWS_REGION`/`AWS_DEFAULT_REGION` or the profile, else [`FALLBACK_REGION`],
+    /// never from IMDS. Credentials come only from the environment when
+    /// `AWS_ACCESS_KEY_ID` is set; else, with an endpoint override (an
+    /// emulator), from the profile, web identity or container endpoint, never
+    /// IMDS; else from the SDK's default chain, whose last link is the instance
+    /// profile (IMDS) of a scaler running on EC2.
     pub async fn new(endpoint: Option<String>) -> Self {
         let http = aws_smithy_http_client::Builder::new()
             .tls_provider(aws_smithy_http_client::tls::Provider::Rustls(
                 aws_smithy_http_client::tls::rustls_provider::CryptoMode::Ring,
             ))
             .build_https();
-        let config = aws_config::defaults(BehaviorVersion::latest())
-            .http_client(http)
+        let region = RegionProviderChain::first_try(EnvironmentVariableRegionProvider::new())
+            .or_else(ProfileFileRegionProvider::new())
+            .or_else(Region::from_static(FALLBACK_REGION))
+            .region()
+            .await
+            .unwrap_or(Region::from_static(FALLBACK_REGION));
+        let mut loader = aws_config::defaults(BehaviorVersion::latest())
+            .http_client(http.clone())
+            .region(region.clone())
             .retry_config(
                 RetryConfig::standard()
                     .with_max_attempts(5)
@@ -63,9 +93,34 @@ impl AwsProvider {
                     .operation_attempt_timeout(Duration::from_secs(20))
                     .operation_timeout(Duration::from_secs(60))
                     .build(),
-            )
-            .load()
-            .await;
+            );
+        let explicit_keys = std::env::var_os("AWS_ACCESS_KEY_ID").is_some_and(|v| !v.is_empty());
+        if explicit_keys {
+            loader = loader.credentials_provider(EnvironmentVariableCredentialsProvider::new());
+        } else if endpoint.is_some() {
+            let conf = ProviderConfig::without_region()
+                .with_http_client(http)
+                .with_region(Some(region));
+            loader = loader.credentials_provider(
+                CredentialsProviderChain::first_try(
+                    "Profile",
+                    ProfileFileCredentialsProvider::builder()
+                        .configure(&conf)
+                        .build(),
+                )
+                .or_else(
+                    "WebIdentityToken",
+                    WebIdentityTokenCredentialsProvider::builder()
+                        .configure(&conf)
+                        .build(),
+                )
+                .or_else(
+                    "EcsContainer",
+                    EcsCredentialsProvider::builder().configure(&conf).build(),
+                ),
+            );
+        }
+        let config = loader.load().await;
         Self {
             config,
             endpoint,

@@ -236,7 +236,9 @@ impl LocalProvider {
             let _ = child.wait();
         }
         remove_containers(&record.id);
-        let _ = std::fs::remove_dir_all(self.instance_dir(&record.id));
+        // The host's log stays for whoever looks into what happened; its state
+        // (keys, session directories) goes with the machine.
+        let _ = std::fs::remove_dir_all(self.instance_dir(&record.id).join("state"));
         record.terminated = true;
     }
 }
@@ -356,7 +358,15 @@ pub fn remove_all(dir: &Path, environment: &str) -> usize {
         children: Mutex::new(HashMap::new()),
     };
     let mut count = 0;
-    for mut record in provider.records().into_iter().filter(|r| !r.terminated) {
+    for mut record in provider.records() {
+        if record.terminated {
+            // Terminated before this clean-up (an earlier run): its record and
+            // log have served their purpose and would otherwise pile up.
+            let _ = std::fs::remove_dir_all(provider.instance_dir(&record.id));
+            let _ =
+                std::fs::remove_file(provider.records_dir().join(format!("{}.json", record.id)));
+            continue;
+        }
         provider.stop_one(&mut record);
         let _ = provider.save(&record);
         count += 1;

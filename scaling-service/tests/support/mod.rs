@@ -35,8 +35,8 @@ pub fn env_name() -> String {
     format!("t{}", &Uuid::new_v4().simple().to_string()[..12])
 }
 
-pub fn args(db: &TestDb, env: &str, extra: &[&str]) -> Vec<String> {
-    // moto accepts any credentials; the SDK needs some.
+/// moto accepts any credentials; the SDK needs some, before it is configured.
+fn moto_credentials() {
     for (k, v) in [
         ("AWS_ACCESS_KEY_ID", "testing"),
         ("AWS_SECRET_ACCESS_KEY", "testing"),
@@ -46,6 +46,10 @@ pub fn args(db: &TestDb, env: &str, extra: &[&str]) -> Vec<String> {
             std::env::set_var(k, v);
         }
     }
+}
+
+pub fn args(db: &TestDb, env: &str, extra: &[&str]) -> Vec<String> {
+    moto_credentials();
     let mut argv: Vec<String> = [
         "scaling-service",
         "--database-url",
@@ -81,6 +85,7 @@ pub fn config(db: &TestDb, env: &str, extra: &[&str]) -> scaling_service::config
 }
 
 pub async fn aws() -> Arc<AwsProvider> {
+    moto_credentials();
     Arc::new(AwsProvider::new(Some(moto_endpoint())).await)
 }
 
@@ -194,6 +199,20 @@ pub struct FaultyProvider {
     pub lose_every: usize,
     pub throttle_every: usize,
     pub calls: AtomicUsize,
+    /// Every TerminateInstances call fails while set.
+    pub fail_terminate: std::sync::atomic::AtomicBool,
+}
+
+impl FaultyProvider {
+    pub fn new(inner: Arc<dyn Provider>, lose_every: usize, throttle_every: usize) -> Self {
+        Self {
+            inner,
+            lose_every,
+            throttle_every,
+            calls: AtomicUsize::new(0),
+            fail_terminate: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
 }
 
 impl Provider for FaultyProvider {
@@ -222,6 +241,13 @@ impl Provider for FaultyProvider {
         region: &'a str,
         ids: &'a [String],
     ) -> BoxFuture<'a, Result<(), ProviderError>> {
+        if self.fail_terminate.load(Ordering::SeqCst) {
+            return Box::pin(async {
+                Err(ProviderError::Unavailable(
+                    "injected: TerminateInstances failed".into(),
+                ))
+            });
+        }
         self.inner.terminate(region, ids)
     }
     fn describe<'a>(

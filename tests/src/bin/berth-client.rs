@@ -68,34 +68,48 @@ async fn demo(cli: &Cli, region: &str, runtime: &str, wait: Duration) -> anyhow:
             .regions()
             .await
             .context("asking the scaler for its regions")?;
-        let entry = regions["regions"]
-            .as_array()
-            .and_then(|r| r.iter().find(|r| r["name"] == region).cloned());
-        if let Some(r) = entry {
-            if r["free_slots"].as_i64().unwrap_or(0) > 0 {
-                step(
-                    t0,
-                    &format!(
-                        "region {region}: {} hosts, {} free slots",
-                        r["hosts"], r["free_slots"]
-                    ),
-                );
-                break;
-            }
+        let listed = regions["regions"].as_array().cloned().unwrap_or_default();
+        // A region the scaler does not have never gets a warm session: say so now.
+        let Some(r) = listed.iter().find(|r| r["name"] == region) else {
+            let known: Vec<&str> = listed.iter().filter_map(|r| r["name"].as_str()).collect();
+            bail!(
+                "the scaler has no region {region:?}; its regions: {}; pass one of them with --region",
+                if known.is_empty() {
+                    "none (insert a row into `regions` first)".to_owned()
+                } else {
+                    known.join(", ")
+                }
+            );
+        };
+        if r["enabled"] == false {
+            bail!("region {region:?} is disabled, so it gets no hosts; enable it (regions.enabled) or pass another --region");
+        }
+        // Free slots are capacity; warm sessions are what an assign can take.
+        let warm = r["warm_sessions"].as_i64().unwrap_or(0);
+        if warm > 0 {
+            step(
+                t0,
+                &format!(
+                    "region {region}: {} hosts, {} free slots, {warm} warm sessions",
+                    r["hosts"], r["free_slots"]
+                ),
+            );
+            break;
         }
         if Instant::now() > deadline {
             bail!("no warm session in region {region} after {wait:?}; see the scaler's and hosts' logs");
         }
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
-    let t = Instant::now();
-    let assigned = loop {
+    // Timed per call: a retry's wait is not the assign's cost.
+    let (assigned, took) = loop {
+        let t = Instant::now();
         match scaler.assign(runtime, &[region], Some("demo-1")).await {
-            Ok(a) => break a,
-            // Warm rows appear a moment after the host's free slots: retry briefly.
+            Ok(a) => break (a, t.elapsed()),
+            // Another client may have taken the last warm session meanwhile.
             Err(e) if e.code() == Some("NO_CAPACITY") && Instant::now() < deadline => {
-                tokio::time::sleep(Duration::from_millis(300)).await
+                tokio::time::sleep(Duration::from_millis(100)).await
             }
             Err(e) => return Err(e).context("requesting a session"),
         }
@@ -108,7 +122,7 @@ async fn demo(cli: &Cli, region: &str, runtime: &str, wait: Duration) -> anyhow:
             assigned.host.id,
             assigned.host.ip.as_deref().unwrap_or("?"),
             assigned.host.api_port.unwrap_or(0),
-            t.elapsed().as_millis(),
+            took.as_millis(),
             &assigned.host.cert_sha256.as_deref().unwrap_or("")
                 [..16.min(assigned.host.cert_sha256.as_deref().unwrap_or("").len())]
         ),
@@ -172,23 +186,39 @@ async fn demo(cli: &Cli, region: &str, runtime: &str, wait: Duration) -> anyhow:
         .delete(&assigned.session_id)
         .await
         .context("deleting the session")?;
+    // Torn down = the scaler reports how it ended (DELETED, …) instead of a live
+    // status; a 404 (history already pruned) also means it is gone.
     let gone_by = Instant::now() + Duration::from_secs(60);
-    loop {
+    let ended = loop {
         match scaler.session(&assigned.session_id).await {
-            Err(e) if e.status() == Some(404) => break,
-            _ if Instant::now() > gone_by => bail!("the session was not torn down within 60 s"),
-            _ => tokio::time::sleep(Duration::from_millis(100)).await,
+            Ok(s) if !is_live(&s["status"]) => break s["status"].clone(),
+            Err(e) if e.status() == Some(404) => break serde_json::Value::from("gone"),
+            Err(e) if e.status().is_some() => {
+                return Err(e).context("asking the scaler how the session ended")
+            }
+            _ if Instant::now() > gone_by => {
+                bail!("the session was not torn down within 60 s of its delete; see the host's log")
+            }
+            _ => tokio::time::sleep(Duration::from_millis(20)).await,
         }
-    }
+    };
     step(
         t0,
         &format!(
-            "session deleted and torn down in {} ms",
+            "session deleted and torn down in {} ms: {ended}",
             t.elapsed().as_millis()
         ),
     );
     step(t0, "done");
     Ok(())
+}
+
+/// Statuses of a session that still holds its container.
+fn is_live(status: &serde_json::Value) -> bool {
+    matches!(
+        status.as_str(),
+        Some("WAITING" | "ALLOCATED" | "CONNECTING" | "RUNNING" | "DYING")
+    )
 }
 
 #[tokio::main]

@@ -1,0 +1,263 @@
+//! The whole system on one machine for end-to-end tests: the scaling service
+//! (in this process) with the local provider, real host-service processes,
+//! real Docker and PostgreSQL.
+
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use berth_common::testing::TestDb;
+use berth_tests::client::{dev_user_token, Assigned, HostClient, ScalerClient};
+use clap::Parser;
+use scaling_service::config::Cli;
+use scaling_service::service::{self, Service};
+use serde_json::json;
+
+pub const SECRET: &str = "e2e-secret-e2e-secret-e2e-secret-012345";
+pub const REGION: &str = "local";
+
+/// Local hosts of concurrently running tests would share slots (port and TTY
+/// ranges); one system at a time.
+pub static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+pub fn host_binary() -> PathBuf {
+    // target/debug/deps/e2e-… → target/debug/host-service
+    let exe = std::env::current_exe().expect("test executable path");
+    let bin = exe
+        .parent()
+        .and_then(|d| d.parent())
+        .map(|d| d.join("host-service"))
+        .expect("target dir");
+    assert!(
+        bin.exists(),
+        "{} is missing: build it first (cargo build -p host-service); scripts/test does",
+        bin.display()
+    );
+    bin
+}
+
+pub struct System {
+    pub db: TestDb,
+    pub service: Option<Service>,
+    pub url: String,
+    pub env: String,
+    pub local_dir: PathBuf,
+    /// The scaling service's arguments, to start it again.
+    pub argv: Vec<String>,
+}
+
+impl System {
+    pub async fn start(target_free_slots: i32, max_hosts: i32) -> Self {
+        Self::start_with_idle_timeout(target_free_slots, max_hosts, None).await
+    }
+
+    pub async fn start_with_idle_timeout(
+        target_free_slots: i32,
+        max_hosts: i32,
+        idle_timeout_s: Option<i32>,
+    ) -> Self {
+        Self::start_with(target_free_slots, max_hosts, idle_timeout_s, &[]).await
+    }
+
+    /// `extra` scaling-service flags come last, so they win.
+    pub async fn start_with(
+        target_free_slots: i32,
+        max_hosts: i32,
+        idle_timeout_s: Option<i32>,
+        extra: &[&str],
+    ) -> Self {
+        let db = TestDb::new().await;
+        let env = format!("e{}", &uuid::Uuid::new_v4().simple().to_string()[..10]);
+        let local_dir = std::env::temp_dir().join(format!("berth-e2e-{env}"));
+        sqlx::query(
+            "INSERT INTO runtimes (name, image, ports, readiness, needs_tty, memory_mib, idle_timeout_s) VALUES ('desktop', $1, \
+             '[{\"container_port\": 8080, \"protocol\": \"tcp\"}]', '{\"http\": {\"port\": 8080, \"path\": \"/ready\"}}', true, 64, $2)",
+        )
+        .bind(std::env::var("BERTH_TEST_IMAGE").unwrap_or_else(|_| "berth-test-app:1".into()))
+        .bind(idle_timeout_s)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+        sqlx::query("INSERT INTO instance_types (name, vcpus, memory_mib, capacity) VALUES ('local', 2, 4096, 2)").execute(&db.pool).await.unwrap();
+        sqlx::query("INSERT INTO regions (name, target_free_slots, max_hosts, instance_types) VALUES ($1, $2, $3, ARRAY['local'])")
+            .bind(REGION)
+            .bind(target_free_slots)
+            .bind(max_hosts)
+            .execute(&db.pool)
+            .await
+            .unwrap();
+        sqlx::query("INSERT INTO images (region, image_id, client_sha, status) VALUES ($1, 'local-image', '', 'CURRENT')")
+            .bind(REGION)
+            .execute(&db.pool)
+            .await
+            .unwrap();
+        let binary = host_binary();
+        let argv = [
+            "scaling-service",
+            "--database-url",
+            &db.url,
+            "--env",
+            &env,
+            "--port",
+            "0",
+            "--listen-ip",
+            "127.0.0.1",
+            "--provider",
+            "local",
+            "--local-host-binary",
+            &binary.display().to_string(),
+            "--local-dir",
+            &local_dir.display().to_string(),
+            "--auth-hs256-secret",
+            SECRET,
+            "--tick-secs",
+            "1",
+            "--heartbeat-secs",
+            "1",
+            "--unreachable-grace-secs",
+            "3",
+            "--log-filter",
+            "warn",
+        ];
+        // A flag in `extra` replaces the default one (clap refuses repeats).
+        let mut argv: Vec<String> = argv.iter().map(|a| a.to_string()).collect();
+        for flag in extra.iter().filter(|a| a.starts_with("--")) {
+            if let Some(i) = argv.iter().position(|a| a == flag) {
+                argv.drain(i..i + 2);
+            }
+        }
+        argv.extend(extra.iter().map(|a| a.to_string()));
+        let config = Cli::try_parse_from(&argv).unwrap().config;
+        let service = service::start(config)
+            .await
+            .expect("the scaling service starts");
+        let url = format!("http://{}", service.addr);
+        Self {
+            db,
+            service: Some(service),
+            url,
+            env,
+            local_dir,
+            argv,
+        }
+    }
+
+    /// Stops the scaling service (its hosts keep running), as a crash or a
+    /// deploy of the scaler would.
+    pub async fn stop_scaler(&mut self) {
+        if let Some(service) = self.service.take() {
+            service.stop().await;
+        }
+    }
+
+    /// Starts the scaling service again with the same settings, retrying while
+    /// it cannot (as systemd would restart it), for at most `limit`.
+    pub async fn restart_scaler(&mut self, limit: Duration) {
+        let started = Instant::now();
+        loop {
+            let config = Cli::try_parse_from(&self.argv).unwrap().config;
+            match service::start(config).await {
+                Ok(service) => {
+                    self.url = format!("http://{}", service.addr);
+                    self.service = Some(service);
+                    return;
+                }
+                Err(error) => {
+                    assert!(
+                        started.elapsed() < limit,
+                        "the scaler did not start again within {limit:?}: {error}"
+                    );
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+            }
+        }
+    }
+
+    /// The pid of a local host's host-service process, from its record.
+    pub fn host_pid(&self, host: &str) -> i32 {
+        let record = self.local_dir.join(&self.env).join(format!("{host}.json"));
+        let record: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&record).unwrap()).unwrap();
+        record["pid"].as_i64().unwrap() as i32
+    }
+
+    pub fn user(&self, name: &str) -> ScalerClient {
+        ScalerClient::new(
+            &self.url,
+            &dev_user_token(SECRET, name, None, None, Duration::from_secs(600)),
+        )
+    }
+
+    pub async fn count(&self, sql: &str) -> i64 {
+        sqlx::query_scalar(sql)
+            .fetch_one(&self.db.pool)
+            .await
+            .unwrap()
+    }
+
+    pub async fn wait(&self, what: &str, timeout: Duration, sql: &str, expected: i64) {
+        let started = Instant::now();
+        loop {
+            let got = self.count(sql).await;
+            if got == expected {
+                return;
+            }
+            assert!(
+                started.elapsed() < timeout,
+                "timed out after {timeout:?} waiting for {what}: {got} ≠ {expected}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    pub async fn warm(&self, hosts: i64, sessions: i64) {
+        self.wait(
+            "ACTIVE hosts",
+            Duration::from_secs(120),
+            "SELECT count(*) FROM hosts WHERE status = 'ACTIVE'",
+            hosts,
+        )
+        .await;
+        self.wait(
+            "warm sessions",
+            Duration::from_secs(120),
+            "SELECT count(*) FROM sessions WHERE status = 'WAITING'",
+            sessions,
+        )
+        .await;
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(service) = self.service.take() {
+            service.stop().await;
+        }
+        scaling_service::provider::local::remove_all(&self.local_dir, &self.env);
+        let _ = std::fs::remove_dir_all(&self.local_dir);
+        self.db.drop_database().await;
+    }
+}
+
+/// Assign (retrying while warm rows appear) and configure a session.
+pub async fn running_session(user: &ScalerClient, csid: &str) -> (Assigned, String, u16) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let assigned = loop {
+        match user.assign("desktop", &[REGION], Some(csid)).await {
+            Ok(a) => break a,
+            Err(e) if e.code() == Some("NO_CAPACITY") && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(200)).await
+            }
+            Err(e) => panic!("assign failed: {e}"),
+        }
+    };
+    let token = assigned
+        .token
+        .clone()
+        .expect("a new session comes with its token");
+    let ports = HostClient::pinned(&assigned.host)
+        .unwrap()
+        .json_transport(&assigned.session_id, &token, &json!({"csid": csid}))
+        .await
+        .unwrap();
+    (assigned, token, ports[0].host_port)
+}
