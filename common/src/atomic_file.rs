@@ -5,9 +5,17 @@
 use std::fs;
 use std::io::{self, Write};
 use std::os::unix::fs::OpenOptionsExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 pub fn write_atomically(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
+    replace(path, bytes, mode)?.sync()
+}
+
+/// [`write_atomically`] without its last step: when this returns, readers see
+/// the complete new file, but the rename survives a crash only after
+/// [`Replaced::sync`]. For callers with something to do meanwhile (the host
+/// waits for the app that reads the file).
+pub fn replace(path: &Path, bytes: &[u8], mode: u32) -> io::Result<Replaced> {
     let dir = path
         .parent()
         .filter(|d| !d.as_os_str().is_empty())
@@ -25,14 +33,32 @@ pub fn write_atomically(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> 
             .mode(mode)
             .open(&tmp)?;
         file.write_all(bytes)?;
+        // Before the rename: a crash must never leave `name` pointing at
+        // content that is not on disk yet.
         file.sync_all()?;
-        fs::rename(&tmp, path)?;
-        fs::File::open(dir)?.sync_all()
+        fs::rename(&tmp, path)
     })();
     if result.is_err() {
         let _ = fs::remove_file(&tmp);
     }
-    result
+    result.map(|()| Replaced {
+        dir: dir.to_owned(),
+    })
+}
+
+/// A file put in place by [`replace`] whose directory entry may not be on
+/// disk yet.
+#[must_use = "the rename is not durable until sync() returns"]
+#[derive(Debug)]
+pub struct Replaced {
+    dir: PathBuf,
+}
+
+impl Replaced {
+    /// Makes the rename durable (fsync of the directory).
+    pub fn sync(self) -> io::Result<()> {
+        fs::File::open(&self.dir)?.sync_all()
+    }
 }
 
 #[cfg(test)]
@@ -57,6 +83,18 @@ mod tests {
             .map(|e| e.unwrap().file_name())
             .collect();
         assert_eq!(names, vec![std::ffi::OsString::from("config.json")]);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn replaced_file_is_visible_before_the_directory_sync() {
+        let dir = std::env::temp_dir().join(format!("berth-atomic-{}", uuid::Uuid::new_v4()));
+        fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("config.json");
+        let replaced = replace(&path, b"{\"c\":3}", 0o644).unwrap();
+        assert_eq!(fs::read(&path).unwrap(), b"{\"c\":3}");
+        assert!(!dir.join(".config.json.tmp").exists());
+        replaced.sync().unwrap();
         fs::remove_dir_all(&dir).unwrap();
     }
 }

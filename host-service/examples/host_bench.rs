@@ -25,6 +25,7 @@ use host_service::session::teardown::{teardown, Ending};
 
 const COLD_RUNS: usize = 12;
 const WARM_RUNS: usize = 40;
+const FRESH_RUNS: usize = 15;
 const PROXY_RUNS: usize = 200;
 const STREAM_BYTES: usize = 64 * 1024 * 1024;
 
@@ -168,6 +169,65 @@ async fn allocate_warm(
     (id, token)
 }
 
+fn pinned_client(cert_sha256: &str) -> reqwest::Client {
+    reqwest::Client::builder()
+        .use_preconfigured_tls(tls::pinned_client_config(cert_sha256).unwrap())
+        .build()
+        .unwrap()
+}
+
+/// json_transport as berth-client sends it: the first request of a new
+/// pinned client, so it pays the TCP connect and TLS handshake too. Each
+/// round also times building that client and GET /healthz on a new and on a
+/// warm connection: their difference is the connection setup alone.
+async fn fresh_connection_bench(db: &TestDb, d: &daemon::Daemon, host: &HostId) {
+    let base = format!("https://127.0.0.1:{}", d.api_addr.port());
+    let ms = |since: Instant| since.elapsed().as_secs_f64() * 1e3;
+    let (mut build, mut fresh, mut warm, mut setup, mut transport) =
+        (vec![], vec![], vec![], vec![], vec![]);
+    for _ in 0..FRESH_RUNS {
+        let started = Instant::now();
+        let probe = pinned_client(&d.cert_sha256);
+        build.push(ms(started));
+        let started = Instant::now();
+        let r = probe.get(format!("{base}/healthz")).send().await.unwrap();
+        r.bytes().await.unwrap();
+        let first = ms(started);
+        let started = Instant::now();
+        let r = probe.get(format!("{base}/healthz")).send().await.unwrap();
+        r.bytes().await.unwrap();
+        let again = ms(started);
+        fresh.push(first);
+        warm.push(again);
+        setup.push(first - again);
+
+        let (id, token) = allocate_warm(db, host).await;
+        let client = pinned_client(&d.cert_sha256);
+        let body = serde_json::json!({"session_id": id, "json_data": "{\"bench\": true}"});
+        let started = Instant::now();
+        let response = client
+            .put(format!("{base}/json_transport"))
+            .bearer_auth(&token.token)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        transport.push(ms(started));
+        assert_eq!(response.status(), 200);
+        client
+            .delete(format!("{base}/sessions/{id}"))
+            .bearer_auth(&token.token)
+            .send()
+            .await
+            .unwrap();
+    }
+    summary("new pinned client (build only)", build);
+    summary("GET /healthz on a new connection", fresh);
+    summary("GET /healthz on a warm connection", warm);
+    summary("  difference: TCP connect + TLS handshake", setup);
+    summary("json_transport on a new connection", transport);
+}
+
 /// Allocates and finishes one session, then times the same requests through
 /// the proxy and straight to the container (the baseline, same run).
 async fn proxy_bench(db: &TestDb, d: &daemon::Daemon, client: &reqwest::Client, host: &HostId) {
@@ -289,10 +349,7 @@ async fn main() {
     // 2. Warm allocation -> RUNNING, as the client sees json_transport.
     let cli = Cli::try_parse_from(args(&db, "bench-warm", "bench-web", 1, &state)).unwrap();
     let d = daemon::start(cli.config).await.expect("daemon starts");
-    let client = reqwest::Client::builder()
-        .use_preconfigured_tls(tls::pinned_client_config(&d.cert_sha256).unwrap())
-        .build()
-        .unwrap();
+    let client = pinned_client(&d.cert_sha256);
     let host = HostId::parse("bench-warm").unwrap();
     let mut warm = vec![];
     for _ in 0..WARM_RUNS {
@@ -328,6 +385,7 @@ async fn main() {
             .unwrap();
     }
     summary("warm allocation -> RUNNING (json_transport)", warm);
+    fresh_connection_bench(&db, &d, &host).await;
     proxy_bench(&db, &d, &client, &host).await;
     d.stop().await;
 

@@ -51,10 +51,30 @@ enum Keys {
     },
 }
 
+/// After a failed fetch, the next waits this long, doubling per failure up to
+/// the maximum: a key-set server that is down must not be hammered by every
+/// request (each under the write lock), nor make every request wait on it.
+const JWKS_RETRY_MIN: Duration = Duration::from_secs(1);
+const JWKS_RETRY_MAX: Duration = Duration::from_secs(60);
+
 #[derive(Default)]
 struct JwksCache {
     keys: HashMap<String, (DecodingKey, Algorithm)>,
     fetched: Option<Instant>,
+    /// The last failed fetch and how many failed in a row.
+    failed: Option<(Instant, u32)>,
+}
+
+impl JwksCache {
+    fn may_fetch(&self) -> bool {
+        if let Some((at, failures)) = self.failed {
+            let wait = JWKS_RETRY_MIN
+                .saturating_mul(1 << failures.saturating_sub(1).min(6))
+                .min(JWKS_RETRY_MAX);
+            return at.elapsed() >= wait;
+        }
+        self.fetched.is_none_or(|t| t.elapsed() >= JWKS_REFRESH_MIN)
+    }
 }
 
 pub struct Authenticator {
@@ -175,20 +195,24 @@ impl Authenticator {
             }
         }
         let mut cache = cache.write().await;
-        let may_refetch = cache
-            .fetched
-            .is_none_or(|t| t.elapsed() >= JWKS_REFRESH_MIN);
-        if may_refetch {
+        if cache.may_fetch() {
             match fetch_jwks(http, url).await {
                 Ok(keys) => {
                     cache.keys = keys;
                     cache.fetched = Some(Instant::now());
+                    cache.failed = None;
                 }
-                Err(e) if cache.keys.is_empty() => return Err(e),
                 Err(e) => {
-                    tracing::warn!(error = %e, "refreshing the JWKS failed; using cached keys")
+                    let failures = cache.failed.map_or(0, |(_, n)| n) + 1;
+                    cache.failed = Some((Instant::now(), failures));
+                    if cache.keys.is_empty() {
+                        return Err(e);
+                    }
+                    tracing::warn!(error = %e, failures, "refreshing the JWKS failed; using cached keys")
                 }
             }
+        } else if cache.keys.is_empty() {
+            return Err(AuthError::KeysUnavailable(url.clone()));
         }
         cache
             .keys

@@ -2,6 +2,8 @@
 
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
@@ -15,6 +17,11 @@ pub struct Metrics {
     pub launch_failures: Counter,
     pub terminations: Counter,
     pub passes: Counter,
+    /// Per region: hosts silent past the heartbeat grace right now.
+    pub silent_hosts: Family<Vec<(String, String)>, Gauge>,
+    /// Per region: 1 while so many hosts are silent together that none is
+    /// terminated for silence.
+    pub mass_silence: Family<Vec<(String, String)>, Gauge>,
 }
 
 impl Default for Metrics {
@@ -34,6 +41,8 @@ impl Metrics {
             launch_failures: Counter::default(),
             terminations: Counter::default(),
             passes: Counter::default(),
+            silent_hosts: Family::default(),
+            mass_silence: Family::default(),
             registry: Registry::default(),
         };
         registry.register("assigns", "Sessions assigned", m.assigns.clone());
@@ -58,6 +67,16 @@ impl Metrics {
             "controller_passes",
             "Region controller passes",
             m.passes.clone(),
+        );
+        registry.register(
+            "silent_hosts",
+            "Hosts silent past the heartbeat grace, per region",
+            m.silent_hosts.clone(),
+        );
+        registry.register(
+            "mass_silence_suspected",
+            "1 while a region has too many silent hosts at once to terminate any for silence",
+            m.mass_silence.clone(),
         );
         Self { registry, ..m }
     }

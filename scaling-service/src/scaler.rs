@@ -116,6 +116,15 @@ impl Scaler {
     }
 
     pub fn set_silence(&self, region: &str, silence: Silence) {
+        let labels = vec![("region".to_owned(), region.to_owned())];
+        self.metrics
+            .silent_hosts
+            .get_or_create(&labels)
+            .set(silence.silent_hosts);
+        self.metrics
+            .mass_silence
+            .get_or_create(&labels)
+            .set(i64::from(silence.mass_silence_suspected));
         lock(&self.silence).insert(region.to_owned(), silence);
     }
 

@@ -141,3 +141,26 @@ async fn es256_tokens_verify_against_the_jwks_and_nothing_else_gets_in() {
         Err(AuthError::KeysUnavailable(_))
     ));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_key_set_is_not_fetched_by_every_request() {
+    let (url, fetches, task) = jwks_server("this is not a key set".to_owned()).await;
+    let auth = authenticator(&url);
+    let header =
+        URL_SAFE_NO_PAD.encode(json!({"alg": "ES256", "typ": "JWT", "kid": "k1"}).to_string());
+    let payload = URL_SAFE_NO_PAD.encode(claims("alice", 300).to_string());
+    let token = format!("{header}.{payload}.c2ln");
+    for _ in 0..50 {
+        let refused = auth.user(&token).await;
+        assert!(
+            matches!(refused, Err(AuthError::KeysUnavailable(_))),
+            "{refused:?}"
+        );
+    }
+    assert_eq!(
+        fetches.load(Ordering::SeqCst),
+        1,
+        "after a failed fetch the next waits (backed off), whatever the request rate"
+    );
+    task.abort();
+}

@@ -518,6 +518,13 @@ async fn half_a_region_silent_at_once_terminates_none_and_one_alone_is_terminate
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     let silence = scaler.silence(REGION).unwrap();
+    let exposed = scaler.metrics.render();
+    assert!(
+        exposed.contains(&format!(
+            "berth_scaler_mass_silence_suspected{{region=\"{REGION}\"}} 1"
+        )),
+        "the suspicion is a metric: {exposed}"
+    );
     // (A slow pass on a loaded machine may see a healthy host late as well.)
     assert!(
         silence.silent_hosts >= 2 && silence.live_hosts == 4,

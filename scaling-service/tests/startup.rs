@@ -276,6 +276,10 @@ async fn starting_off_ec2_never_probes_instance_metadata() {
             !mentions_imds(&output),
             "{what}: the scaler probed instance metadata:\n{output}"
         );
+        assert!(
+            !output.contains('\u{1b}'),
+            "{what}: colour codes in a log that goes to a pipe:\n{output}"
+        );
     }
     let _ = std::fs::remove_dir_all(&local_dir);
     let _ = std::fs::remove_file(&empty);

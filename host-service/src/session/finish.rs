@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use berth_common::atomic_file::write_atomically;
+use berth_common::atomic_file::replace;
 use berth_common::auth::{token_matches, token_sha256_hex};
 use berth_common::db::DbError;
 use berth_common::SessionId;
@@ -220,22 +220,26 @@ async fn finish(
         )));
     }
     let path = session.paths.config_json();
+    // Off the runtime's threads: an fsync can take tens of milliseconds.
     let written =
-        tokio::task::spawn_blocking(move || write_atomically(&path, json_data.as_bytes(), 0o644))
-            .await;
-    if let Err(e) = written
-        .map_err(|e| e.to_string())
-        .and_then(|r| r.map_err(|e| e.to_string()))
-    {
-        spawn_teardown(
-            &host,
-            session,
-            Ending::failed(format!("writing config.json failed: {e}")),
-        );
-        return Err(FinishError::Internal(format!("writing config.json: {e}")));
-    }
+        tokio::task::spawn_blocking(move || replace(&path, json_data.as_bytes(), 0o644)).await;
+    let replaced = match joined(written) {
+        Ok(replaced) => replaced,
+        Err(e) => {
+            spawn_teardown(
+                &host,
+                session,
+                Ending::failed(format!("writing config.json failed: {e}")),
+            );
+            return Err(FinishError::Internal(format!("writing config.json: {e}")));
+        }
+    };
     crate::faults::point("finish.after_config");
     let configured = Instant::now();
+    // The app can read config.json from here on. Making its rename durable
+    // (the directory's fsync) overlaps the wait for the app instead of
+    // delaying it; RUNNING still waits for both.
+    let durable = tokio::task::spawn_blocking(move || replaced.sync());
     let rt = &session.runtime;
     let probes = match wait_ready(
         &rt.readiness,
@@ -255,6 +259,14 @@ async fn finish(
             return Err(FinishError::NotReady(e.to_string()));
         }
     };
+    if let Err(e) = joined(durable.await) {
+        spawn_teardown(
+            &host,
+            session,
+            Ending::failed(format!("writing config.json failed: {e}")),
+        );
+        return Err(FinishError::Internal(format!("writing config.json: {e}")));
+    }
     let ready = Instant::now();
     let (init, sealed) = match run_init(&session, &token).await {
         Ok(answer) => answer,
@@ -300,7 +312,8 @@ async fn finish(
         .observe(started.elapsed().as_secs_f64());
     // `ms` is the host's whole share of the client's call, from the request
     // to RUNNING; the stages: the token check (with the claim when the client
-    // beat the hint), task start, config.json, readiness, init, RUNNING row.
+    // beat the hint), task start, config.json in place, readiness (with the
+    // directory fsync it overlaps), init, RUNNING row.
     let done = Instant::now();
     tracing::info!(
         session = %session.id,
@@ -319,6 +332,12 @@ async fn finish(
         ports: session.ports.clone(),
         init,
     })
+}
+
+/// A blocking task's result, its panic or cancellation as an error.
+fn joined<T>(r: Result<std::io::Result<T>, tokio::task::JoinError>) -> Result<T, String> {
+    r.map_err(|e| e.to_string())
+        .and_then(|r| r.map_err(|e| e.to_string()))
 }
 
 /// Mounts the owner's persistent directory on the session's mount point
