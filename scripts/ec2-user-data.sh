@@ -40,6 +40,16 @@ for value in "$database_url" "$sentry_dsn"; do
 done
 [ -n "$database_url" ] || die "secret berth/$BERTH_ENV_NAME/database-url is empty"
 
+# No magic SysRq: session containers drive virtual keyboards that are input devices of this
+# host, and Alt+SysRq+<key> from any keyboard can reboot or crash the kernel. (berth-uinput's
+# keyboard does not advertise SysRq either.) Persisted for later boots, applied now.
+mkdir -p /etc/sysctl.d
+printf '%s\n' '# Berth (scripts/ec2-user-data.sh): no SysRq from session keyboards' 'kernel.sysrq = 0' \
+	>/etc/sysctl.d/90-berth-sysrq.conf
+chmod 0644 /etc/sysctl.d/90-berth-sysrq.conf
+sysctl -q -w kernel.sysrq=0 || die "cannot set kernel.sysrq=0"
+[ "$(cat /proc/sys/kernel/sysrq)" = 0 ] || die "kernel.sysrq is $(cat /proc/sys/kernel/sysrq), not 0"
+
 # 0600 from the start: the file holds the database password.
 umask 077
 mkdir -p /etc/berth

@@ -24,12 +24,21 @@ pub fn replace(path: &Path, bytes: &[u8], mode: u32) -> io::Result<Replaced> {
         .file_name()
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "path has no file name"))?;
     // A dot-prefixed temp name: readers that watch for `name` never match it.
-    let tmp = dir.join(format!(".{}.tmp", name.to_string_lossy()));
+    // The directory may be writable by someone else (a session's container
+    // sees its directory as /berth), so the name is unguessable and the file
+    // is created exclusively without following links: a planted symlink makes
+    // the open fail instead of redirecting a root write. The rename then
+    // replaces whatever `name` is (a planted link included) without following it.
+    let tmp = dir.join(format!(
+        ".{}.{:016x}.tmp",
+        name.to_string_lossy(),
+        rand::random::<u64>()
+    ));
     let result = (|| {
         let mut file = fs::OpenOptions::new()
             .write(true)
-            .create(true)
-            .truncate(true)
+            .create_new(true)
+            .custom_flags(libc::O_NOFOLLOW)
             .mode(mode)
             .open(&tmp)?;
         file.write_all(bytes)?;
@@ -65,6 +74,27 @@ impl Replaced {
 mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn planted_symlinks_redirect_nothing() {
+        let dir = std::env::temp_dir().join(format!("berth-atomic-{}", uuid::Uuid::new_v4()));
+        let outside = std::env::temp_dir().join(format!("berth-victim-{}", uuid::Uuid::new_v4()));
+        fs::create_dir_all(&dir).unwrap();
+        fs::write(&outside, b"untouched").unwrap();
+        // At the name itself and at the temp name an older version used.
+        std::os::unix::fs::symlink(&outside, dir.join("config.json")).unwrap();
+        std::os::unix::fs::symlink(&outside, dir.join(".config.json.tmp")).unwrap();
+        write_atomically(&dir.join("config.json"), b"{}", 0o644).unwrap();
+        assert_eq!(fs::read(&outside).unwrap(), b"untouched");
+        let written = fs::symlink_metadata(dir.join("config.json")).unwrap();
+        assert!(
+            written.file_type().is_file(),
+            "the link was replaced, not followed"
+        );
+        assert_eq!(fs::read(dir.join("config.json")).unwrap(), b"{}");
+        fs::remove_dir_all(&dir).unwrap();
+        fs::remove_file(&outside).unwrap();
+    }
 
     #[test]
     fn replaces_content_with_the_requested_mode_and_leaves_no_temp_file() {

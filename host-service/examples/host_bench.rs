@@ -179,13 +179,27 @@ fn pinned_client(cert_sha256: &str) -> reqwest::Client {
 /// json_transport as berth-client sends it: the first request of a new
 /// pinned client, so it pays the TCP connect and TLS handshake too. Each
 /// round also times building that client and GET /healthz on a new and on a
-/// warm connection: their difference is the connection setup alone.
+/// warm connection (their difference is the connection setup), and the TCP
+/// connect and the TLS handshake alone, without reqwest.
 async fn fresh_connection_bench(db: &TestDb, d: &daemon::Daemon, host: &HostId) {
     let base = format!("https://127.0.0.1:{}", d.api_addr.port());
     let ms = |since: Instant| since.elapsed().as_secs_f64() * 1e3;
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(
+        tls::pinned_client_config(&d.cert_sha256).unwrap(),
+    ));
+    let name = rustls::pki_types::ServerName::from(d.api_addr.ip());
     let (mut build, mut fresh, mut warm, mut setup, mut transport) =
         (vec![], vec![], vec![], vec![], vec![]);
+    let (mut tcp_ms, mut tls_ms) = (vec![], vec![]);
     for _ in 0..FRESH_RUNS {
+        let started = Instant::now();
+        let tcp = tokio::net::TcpStream::connect(d.api_addr).await.unwrap();
+        tcp_ms.push(ms(started));
+        let started = Instant::now();
+        let tls = connector.connect(name.clone(), tcp).await.unwrap();
+        tls_ms.push(ms(started));
+        drop(tls);
+
         let started = Instant::now();
         let probe = pinned_client(&d.cert_sha256);
         build.push(ms(started));
@@ -225,6 +239,8 @@ async fn fresh_connection_bench(db: &TestDb, d: &daemon::Daemon, host: &HostId) 
     summary("GET /healthz on a new connection", fresh);
     summary("GET /healthz on a warm connection", warm);
     summary("  difference: TCP connect + TLS handshake", setup);
+    summary("TCP connect alone", tcp_ms);
+    summary("TLS handshake alone (tokio-rustls, pinned)", tls_ms);
     summary("json_transport on a new connection", transport);
 }
 

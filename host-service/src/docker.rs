@@ -19,7 +19,7 @@ use bollard::query_parameters::{
 use bollard::Docker;
 use futures_util::Stream;
 
-use crate::resources::devices::{device_mappings, SessionDevices};
+use crate::resources::devices::{device_mappings, InputNode, SessionDevices};
 use crate::resources::PortMapping;
 use crate::runtime::RuntimeSpec;
 
@@ -67,7 +67,7 @@ pub struct ContainerSpec<'a> {
     pub runtime: &'a RuntimeSpec,
     pub tty: Option<u8>,
     pub ports: &'a [PortMapping],
-    pub input_event_nodes: Vec<&'a Path>,
+    pub input_nodes: Vec<InputNode<'a>>,
     pub session_dir: &'a Path,
     pub sockets_dir: &'a Path,
     pub logs_dir: &'a Path,
@@ -288,9 +288,9 @@ fn container_body(spec: &ContainerSpec<'_>) -> ContainerCreateBody {
         labels.insert(LABEL_TTY.to_owned(), tty.to_string());
     }
     let nodes: Vec<String> = spec
-        .input_event_nodes
+        .input_nodes
         .iter()
-        .map(|p| p.display().to_string())
+        .map(|node| node.path.display().to_string())
         .collect();
     labels.insert(
         LABEL_UINPUT.to_owned(),
@@ -324,7 +324,7 @@ fn container_body(spec: &ContainerSpec<'_>) -> ContainerCreateBody {
         .collect();
     let (devices, device_cgroup_rules) = device_mappings(&SessionDevices {
         tty: spec.tty,
-        input_event_nodes: spec.input_event_nodes.clone(),
+        input_nodes: spec.input_nodes.clone(),
     });
     let mut binds = vec![
         format!("{}:{SESSION_DIR_IN_CONTAINER}", spec.session_dir.display()),

@@ -77,9 +77,13 @@ async fn probe_once(
 ) -> Result<(), ProbeError> {
     match readiness {
         Readiness::File { path } => {
-            let found = tokio::fs::try_exists(session_dir.join(path))
-                .await
-                .unwrap_or(false);
+            // The directory is the container's to write: its links are not followed.
+            let (dir, name) = (session_dir.to_owned(), path.clone());
+            let found = tokio::task::spawn_blocking(move || {
+                crate::session::dir::regular_file_beneath(&dir, &name)
+            })
+            .await
+            .unwrap_or(false);
             found
                 .then_some(())
                 .ok_or_else(|| ProbeError::NotYet(format!("file {path} not there yet")))

@@ -13,6 +13,7 @@ use tokio::net::UnixListener;
 use tokio::task::JoinHandle;
 
 use crate::config::UinputMode;
+use crate::resources::devices::InputNode;
 
 pub const SOCKET_NAME: &str = "uinput.sock";
 pub const UINPUT_PATH: &str = "/dev/uinput";
@@ -73,6 +74,19 @@ impl SessionInput {
 
     pub fn event_nodes(&self) -> Vec<&Path> {
         self.devices.event_nodes().to_vec()
+    }
+
+    /// The event nodes with their device numbers, for the container's
+    /// device mappings and cgroup rules.
+    pub fn input_nodes(&self) -> Vec<InputNode<'_>> {
+        self.devices
+            .devices()
+            .into_iter()
+            .map(|device| InputNode {
+                path: device.event_node(),
+                number: device.event_node_number(),
+            })
+            .collect()
     }
 
     /// Stops serving and destroys the devices (their nodes disappear).

@@ -86,9 +86,72 @@ pub fn check_relative_name(path: &str) -> Result<(), String> {
     }
 }
 
+/// Whether `relative` (checked by [`check_relative_name`]) names a regular
+/// file under `dir`, resolved one component at a time without following a
+/// single symlink: a container that plants links in its directory learns
+/// nothing about the host and cannot make the daemon look elsewhere.
+pub fn regular_file_beneath(dir: &Path, relative: &str) -> bool {
+    use nix::fcntl::{openat, AtFlags, OFlag};
+    use nix::sys::stat::{fstatat, Mode, SFlag};
+    let Ok(mut at) = nix::fcntl::open(
+        dir,
+        OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    ) else {
+        return false;
+    };
+    let components: Vec<&std::ffi::OsStr> = Path::new(relative)
+        .components()
+        .filter_map(|c| match c {
+            Component::Normal(name) => Some(name),
+            _ => None,
+        })
+        .collect();
+    let Some((last, parents)) = components.split_last() else {
+        return false;
+    };
+    for name in parents {
+        match openat(
+            &at,
+            *name,
+            OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        ) {
+            Ok(next) => at = next,
+            Err(_) => return false,
+        }
+    }
+    fstatat(&at, *last, AtFlags::AT_SYMLINK_NOFOLLOW)
+        .is_ok_and(|st| SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == SFlag::S_IFREG)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_file_is_found_only_without_links_on_the_way() {
+        let dir = std::env::temp_dir().join(format!("berth-dir-{}", uuid::Uuid::new_v4()));
+        let outside = std::env::temp_dir().join(format!("berth-outside-{}", uuid::Uuid::new_v4()));
+        fs::create_dir_all(dir.join("state")).unwrap();
+        fs::create_dir_all(&outside).unwrap();
+        fs::write(outside.join("ready"), b"").unwrap();
+        fs::write(dir.join("state/ready"), b"").unwrap();
+        assert!(regular_file_beneath(&dir, "state/ready"));
+        assert!(!regular_file_beneath(&dir, "state/missing"));
+        std::os::unix::fs::symlink(outside.join("ready"), dir.join("ready")).unwrap();
+        std::os::unix::fs::symlink(&outside, dir.join("linked")).unwrap();
+        assert!(
+            !regular_file_beneath(&dir, "ready"),
+            "a link to a file is not the file"
+        );
+        assert!(
+            !regular_file_beneath(&dir, "linked/ready"),
+            "a linked directory is not entered"
+        );
+        fs::remove_dir_all(&dir).unwrap();
+        fs::remove_dir_all(&outside).unwrap();
+    }
 
     #[test]
     fn only_plain_relative_paths_are_accepted() {

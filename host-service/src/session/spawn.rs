@@ -149,7 +149,7 @@ async fn build(
     let input_nodes = partial
         .input
         .as_ref()
-        .map(|i| i.event_nodes())
+        .map(|i| i.input_nodes())
         .unwrap_or_default();
     let spec = ContainerSpec {
         session: id,
@@ -157,7 +157,7 @@ async fn build(
         runtime: &rt,
         tty: partial.tty,
         ports: &partial.ports,
-        input_event_nodes: input_nodes,
+        input_nodes,
         session_dir: &paths.session,
         sockets_dir: &paths.sockets,
         logs_dir: &paths.logs,

@@ -5,7 +5,7 @@ use std::fmt;
 use std::fs::OpenOptions;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -38,6 +38,37 @@ pub const DEVICE_VERSION: u16 = 1;
 const NAME_PREFIX: &str = "Berth";
 /// `UINPUT_MAX_NAME_SIZE` (80) including the terminating NUL.
 pub const MAX_NAME_LEN: usize = libc::UINPUT_MAX_NAME_SIZE - 1;
+
+/// Keys the keyboard never advertises, although they lie in KEY_ESC..=KEY_MICMUTE (or are
+/// listed for completeness beyond it). The code writing to the keyboard is the session's app,
+/// which is hostile, while the device is a real input device of the *host*: handlers on the host
+/// bind to every keyboard that advertises these keys, whatever container it is mapped into.
+/// The kernel drops events for keys a device does not advertise (input_handle_event ignores
+/// codes not in its key bits), so leaving them out is what makes them impossible to send.
+/// * KEY_SYSRQ: the kernel's magic SysRq handler acts on Alt+SysRq+<letter> from any keyboard
+///   (reboot, crash, kill all tasks, remount read-only) unless kernel.sysrq is 0. Print Screen is
+///   this key on PC keyboards; clients send KEY_PRINT for it, which X also maps to Print.
+/// * KEY_POWER, KEY_POWER2, KEY_SLEEP, KEY_SUSPEND, KEY_RESTART: systemd-logind (and acpid)
+///   on the host power off, suspend, hibernate or reboot the machine on these, from any keyboard
+///   tagged power-switch; KEY_WAKEUP and KEY_BATTERY are power management keys a desktop in a
+///   container has no use for.
+/// * KEY_BLUETOOTH, KEY_WLAN, KEY_UWB, KEY_WWAN (KEY_WIMAX), KEY_RFKILL: the kernel's
+///   rfkill-input handler switches the host's radios on these.
+pub const KEYBOARD_EXCLUDED_KEYS: &[u16] = &[
+    KEY_SYSRQ,
+    KEY_POWER,
+    KEY_POWER2,
+    KEY_SLEEP,
+    KEY_SUSPEND,
+    KEY_RESTART,
+    KEY_WAKEUP,
+    KEY_BATTERY,
+    KEY_BLUETOOTH,
+    KEY_WLAN,
+    KEY_UWB,
+    KEY_WWAN,
+    KEY_RFKILL,
+];
 
 /// The three devices of a streamed desktop session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -80,8 +111,10 @@ impl DeviceKind {
     ///   one for its pen-style device);
     /// * the relative mouse does not advertise REL_WHEEL_HI_RES: libinput ignores REL_WHEEL on
     ///   devices that have it, and the client sends classic wheel clicks;
-    /// * the keyboard has every real key (KEY_ESC..=KEY_MICMUTE) and neither EV_REP nor
-    ///   EV_MSC: the client streams its own repeats, and kernel autorepeat would double them.
+    /// * the keyboard has the real keys (KEY_ESC..=KEY_MICMUTE) except
+    ///   [`KEYBOARD_EXCLUDED_KEYS`] (SysRq, power, sleep, radio keys: they act on the host), and
+    ///   neither EV_REP nor EV_MSC: the client streams its own repeats, and kernel autorepeat
+    ///   would double them.
     pub fn capabilities(self, abs_max: i32) -> Capabilities {
         match self {
             DeviceKind::AbsolutePointer => Capabilities {
@@ -111,7 +144,9 @@ impl DeviceKind {
             },
             DeviceKind::Keyboard => Capabilities {
                 event_types: vec![EV_SYN, EV_KEY],
-                keys: (KEY_ESC..=KEY_MICMUTE).collect(),
+                keys: (KEY_ESC..=KEY_MICMUTE)
+                    .filter(|key| !KEYBOARD_EXCLUDED_KEYS.contains(key))
+                    .collect(),
                 rel_axes: Vec::new(),
                 abs_axes: Vec::new(),
                 properties: Vec::new(),
@@ -172,6 +207,29 @@ pub struct AbsAxis {
     pub max: i32,
 }
 
+/// A device number (`st_rdev` of a device node), e.g. 13:71 for /dev/input/event7.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct DeviceNumber {
+    pub major: u32,
+    pub minor: u32,
+}
+
+impl DeviceNumber {
+    fn from_rdev(rdev: u64) -> Self {
+        Self {
+            major: libc::major(rdev),
+            minor: libc::minor(rdev),
+        }
+    }
+}
+
+/// "major:minor", as in cgroup device rules and /sys/…/dev.
+impl fmt::Display for DeviceNumber {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.major, self.minor)
+    }
+}
+
 /// Where the devices are made and found. The paths are parameters so tests can point them at a
 /// fake tree and the daemon at a non-default uinput node.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -228,6 +286,7 @@ pub struct VirtualDevice {
     name: String,
     sysname: String,
     event_node: PathBuf,
+    event_node_number: DeviceNumber,
     destroyed: bool,
 }
 
@@ -271,6 +330,7 @@ impl VirtualDevice {
             name,
             sysname: String::new(),
             event_node: PathBuf::new(),
+            event_node_number: DeviceNumber { major: 0, minor: 0 },
             destroyed: false,
         };
         device.sysname = sysname(device.fd.as_fd(), &device.name)?;
@@ -281,6 +341,7 @@ impl VirtualDevice {
             config.node_timeout,
             &device.name,
         )?;
+        device.event_node_number = char_device_number(&device.event_node, &device.name)?;
         Ok(device)
     }
 
@@ -301,6 +362,12 @@ impl VirtualDevice {
     /// `/dev/input/eventN`: the node to map into the container.
     pub fn event_node(&self) -> &Path {
         &self.event_node
+    }
+
+    /// The device number of [`Self::event_node`], read when the device was created: what the
+    /// container's device cgroup rule allows, and nothing else.
+    pub fn event_node_number(&self) -> DeviceNumber {
+        self.event_node_number
     }
 
     pub fn write_event(&self, type_: u16, code: u16, value: i32) -> Result<(), UinputError> {
@@ -508,6 +575,25 @@ pub(crate) fn wait_for_event_node(
     }
 }
 
+/// The device number of the character device node `node` (not following symlinks).
+pub(crate) fn char_device_number(node: &Path, device: &str) -> Result<DeviceNumber, UinputError> {
+    let not_a_device = |detail: String| UinputError::EventNodeNumber {
+        device: device.to_owned(),
+        path: node.to_path_buf(),
+        detail,
+    };
+    let metadata = node
+        .symlink_metadata()
+        .map_err(|err| not_a_device(format!("cannot be read: {err}")))?;
+    if !metadata.file_type().is_char_device() {
+        return Err(not_a_device(format!(
+            "is not a character device ({:?})",
+            metadata.file_type()
+        )));
+    }
+    Ok(DeviceNumber::from_rdev(metadata.rdev()))
+}
+
 /// The `eventM` entry of a sysfs input device directory, if evdev has bound it yet.
 fn event_entry(device_dir: &Path) -> io::Result<Option<String>> {
     for entry in std::fs::read_dir(device_dir)? {
@@ -595,10 +681,73 @@ mod tests {
         assert_eq!(rel.keys.len(), 5);
 
         let keyboard = DeviceKind::Keyboard.capabilities(65535);
-        assert_eq!(keyboard.keys.len(), 248);
         assert_eq!(keyboard.keys.first(), Some(&KEY_ESC));
         assert_eq!(keyboard.keys.last(), Some(&KEY_MICMUTE));
         assert!(!keyboard.event_types.contains(&EV_REP));
+    }
+
+    #[test]
+    fn the_keyboard_cannot_press_keys_that_act_on_the_host() {
+        let keys = DeviceKind::Keyboard.capabilities(65535).keys;
+        for key in [
+            KEY_SYSRQ,
+            KEY_POWER,
+            KEY_POWER2,
+            KEY_SLEEP,
+            KEY_WAKEUP,
+            KEY_SUSPEND,
+            KEY_RESTART,
+            KEY_BATTERY,
+            KEY_BLUETOOTH,
+            KEY_WLAN,
+            KEY_UWB,
+            KEY_WWAN,
+            KEY_RFKILL,
+        ] {
+            assert!(KEYBOARD_EXCLUDED_KEYS.contains(&key), "{key} not excluded");
+            assert!(!keys.contains(&key), "the keyboard advertises key {key}");
+        }
+        // Everything else of the block stays: letters, modifiers, Print, media keys.
+        let in_block = (KEY_ESC..=KEY_MICMUTE)
+            .filter(|key| KEYBOARD_EXCLUDED_KEYS.contains(key))
+            .count();
+        assert_eq!(keys.len(), usize::from(KEY_MICMUTE) - in_block);
+        for key in [KEY_A, KEY_LEFTALT, KEY_PRINT, KEY_MICMUTE] {
+            assert!(keys.contains(&key), "key {key} missing");
+        }
+        // No other device can send a key at all beyond its mouse buttons.
+        for kind in [DeviceKind::AbsolutePointer, DeviceKind::RelativeMouse] {
+            let keys = kind.capabilities(65535).keys;
+            assert!(keys.iter().all(|key| (BTN_LEFT..=BTN_EXTRA).contains(key)));
+        }
+    }
+
+    #[test]
+    fn device_numbers_come_from_character_device_nodes_only() {
+        let _lock = fd_lock();
+        let number = char_device_number(Path::new("/dev/null"), "t").unwrap();
+        assert_eq!(number, DeviceNumber { major: 1, minor: 3 });
+        assert_eq!(number.to_string(), "1:3");
+        assert_eq!(
+            DeviceNumber::from_rdev(libc::makedev(13, 71)).to_string(),
+            "13:71"
+        );
+        // Minors above 255 (evdev's dynamic minors beyond event31) survive the split.
+        assert_eq!(
+            DeviceNumber::from_rdev(libc::makedev(13, 1030)),
+            DeviceNumber {
+                major: 13,
+                minor: 1030
+            }
+        );
+
+        let dir = TempDir::new("rdev");
+        let file = dir.path().join("event3");
+        fs::write(&file, b"").unwrap();
+        let err = char_device_number(&file, "Berth keyboard").unwrap_err();
+        assert!(err.to_string().contains("not a character device"), "{err}");
+        let err = char_device_number(&dir.path().join("event4"), "t").unwrap_err();
+        assert!(err.to_string().contains("cannot be read"), "{err}");
     }
 
     #[test]

@@ -49,6 +49,16 @@ pub enum UinputError {
     },
 
     #[error(
+        "event node {} of uinput device {device:?} {detail}; /dev must be a devtmpfs",
+        path.display()
+    )]
+    EventNodeNumber {
+        device: String,
+        path: PathBuf,
+        detail: String,
+    },
+
+    #[error(
         "looking for the event node of uinput device {device:?} in {}: {source}; is sysfs \
          mounted on /sys?",
         path.display()

@@ -39,9 +39,9 @@ mod test_support;
 use std::path::Path;
 
 pub use device::{
-    AbsAxis, Capabilities, DeviceKind, UinputConfig, VirtualDevice, BUS_TYPE, DEFAULT_ABS_MAX,
-    DEFAULT_DEV_INPUT_DIR, DEFAULT_NODE_TIMEOUT, DEFAULT_SYSFS_INPUT_DIR, DEFAULT_UINPUT_PATH,
-    DEVICE_VERSION, MAX_NAME_LEN, VENDOR_ID,
+    AbsAxis, Capabilities, DeviceKind, DeviceNumber, UinputConfig, VirtualDevice, BUS_TYPE,
+    DEFAULT_ABS_MAX, DEFAULT_DEV_INPUT_DIR, DEFAULT_NODE_TIMEOUT, DEFAULT_SYSFS_INPUT_DIR,
+    DEFAULT_UINPUT_PATH, DEVICE_VERSION, KEYBOARD_EXCLUDED_KEYS, MAX_NAME_LEN, VENDOR_ID,
 };
 pub use error::UinputError;
 pub use event::{read_event, write_events, InputEvent, INPUT_EVENT_SIZE};

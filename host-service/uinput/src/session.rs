@@ -3,7 +3,7 @@
 use std::os::fd::{AsFd, BorrowedFd};
 use std::path::Path;
 
-use crate::device::{DeviceKind, UinputConfig, VirtualDevice};
+use crate::device::{DeviceKind, DeviceNumber, UinputConfig, VirtualDevice};
 use crate::error::UinputError;
 
 /// Absolute pointer, relative mouse and keyboard of one session. Every list this type returns is
@@ -45,6 +45,12 @@ impl SessionDevices {
     /// The `/dev/input/eventN` nodes to map into the container.
     pub fn event_nodes(&self) -> [&Path; 3] {
         self.devices().map(VirtualDevice::event_node)
+    }
+
+    /// The device numbers of [`Self::event_nodes`], in the same order: what the container's
+    /// device cgroup may allow.
+    pub fn event_node_numbers(&self) -> [DeviceNumber; 3] {
+        self.devices().map(VirtualDevice::event_node_number)
     }
 
     /// The uinput fds to hand to the session's app.

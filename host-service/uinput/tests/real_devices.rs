@@ -19,7 +19,7 @@ use berth_uinput::codes::*;
 use berth_uinput::{
     check_uinput, evdev, read_event, recv_fds, send_fds, write_events, DeviceKind, InputEvent,
     SessionDevices, UinputError, VirtualDevice, BUS_TYPE, DEFAULT_SYSFS_INPUT_DIR,
-    DEFAULT_UINPUT_PATH, VENDOR_ID,
+    DEFAULT_UINPUT_PATH, KEYBOARD_EXCLUDED_KEYS, VENDOR_ID,
 };
 
 const LANE_ENV: &str = "BERTH_DEVICE_LANE";
@@ -164,6 +164,16 @@ fn three_devices_carry_their_capabilities() {
 
         let sysfs_name = fs::read_to_string(sysfs_dir(device).join("name")).unwrap();
         assert_eq!(sysfs_name.trim_end(), device.name(), "{what}");
+        // The number read by stat at creation is the one the kernel gave the evdev handler
+        // (…/inputN/eventM/dev), on the input major 13.
+        let event_dir = sysfs_dir(device).join(device.event_node().file_name().unwrap());
+        let sysfs_dev = fs::read_to_string(event_dir.join("dev")).unwrap();
+        assert_eq!(
+            sysfs_dev.trim_end(),
+            device.event_node_number().to_string(),
+            "{what}: device number"
+        );
+        assert_eq!(device.event_node_number().major, 13, "{what}");
 
         let node = open_node(device.event_node());
         assert_eq!(evdev::name(&node).unwrap(), device.name(), "{what}");
@@ -210,8 +220,10 @@ fn three_devices_carry_their_capabilities() {
     }
     let keyboard = open_node(devices.keyboard.event_node());
     let keys = evdev::supported_codes(&keyboard, EV_KEY).unwrap();
-    assert_eq!(keys.len(), 248);
-    assert_eq!((keys[0], keys[247]), (KEY_ESC, KEY_MICMUTE));
+    assert_eq!(
+        (keys.first(), keys.last()),
+        (Some(&KEY_ESC), Some(&KEY_MICMUTE))
+    );
     drop(keyboard);
 
     devices.destroy().unwrap();
@@ -284,6 +296,106 @@ fn events_written_to_uinput_come_out_of_the_event_node() {
     assert_eq!(read_event(&node, Duration::from_millis(300)).unwrap(), None);
 
     devices.destroy().unwrap();
+}
+
+#[test]
+fn the_keyboard_cannot_send_sysrq_power_or_sleep_keys() {
+    let Some(_lock) = uinput_or_skip("the_keyboard_cannot_send_sysrq_power_or_sleep_keys") else {
+        return;
+    };
+    let devices = SessionDevices::create(DEFAULT_UINPUT_PATH, Some("sysrq")).unwrap();
+    let node = open_node(devices.keyboard.event_node());
+
+    // What the kernel says the keyboard has: EVIOCGBIT(EV_KEY) on its event node.
+    let keys = evdev::supported_codes(&node, EV_KEY).unwrap();
+    for key in [
+        KEY_SYSRQ,
+        KEY_POWER,
+        KEY_POWER2,
+        KEY_SLEEP,
+        KEY_WAKEUP,
+        KEY_SUSPEND,
+        KEY_RESTART,
+        KEY_RFKILL,
+        KEY_WLAN,
+    ] {
+        assert!(!keys.contains(&key), "EVIOCGBIT(EV_KEY) has key {key}");
+    }
+    assert!(KEYBOARD_EXCLUDED_KEYS.iter().all(|key| !keys.contains(key)));
+    assert!(keys.contains(&KEY_A) && keys.contains(&KEY_LEFTALT));
+    eprintln!(
+        "keyboard {}: {} keys; SysRq, power, sleep and wake bits clear",
+        devices.keyboard.event_node().display(),
+        keys.len()
+    );
+
+    // The app writes through its own copy of the uinput fd, as handed off.
+    let handed_off: OwnedFd = devices.keyboard.as_fd().try_clone_to_owned().unwrap();
+    let syn = InputEvent::syn_report();
+    let press = |key: u16| {
+        [
+            InputEvent::new(EV_KEY, key, 1),
+            syn,
+            InputEvent::new(EV_KEY, key, 0),
+            syn,
+        ]
+    };
+    // Alt+SysRq+H (help: harmless if it ever got through), each key in its own write. The
+    // kernel may reject the SysRq write or take it and drop its events; either way nothing of
+    // it may come out.
+    let down = |key: u16| [InputEvent::new(EV_KEY, key, 1), syn];
+    let up = |key: u16| [InputEvent::new(EV_KEY, key, 0), syn];
+    write_events(&handed_off, &down(KEY_LEFTALT)).unwrap();
+    expect_sysrq_write(write_events(&handed_off, &press(KEY_SYSRQ)), "Alt+SysRq");
+    write_events(&handed_off, &press(KEY_H)).unwrap();
+    write_events(&handed_off, &up(KEY_LEFTALT)).unwrap();
+    let mut only_alt_and_h = down(KEY_LEFTALT).to_vec();
+    only_alt_and_h.extend(press(KEY_H));
+    only_alt_and_h.extend(up(KEY_LEFTALT));
+    expect_events(&node, "Alt+SysRq+H: Alt and H only", &only_alt_and_h);
+    for &key in KEYBOARD_EXCLUDED_KEYS {
+        expect_sysrq_write(
+            write_events(&handed_off, &press(key)),
+            &format!("key {key}"),
+        );
+    }
+    assert_eq!(
+        read_event(&node, Duration::from_millis(500)).unwrap(),
+        None,
+        "an excluded key came out of the event node"
+    );
+    eprintln!(
+        "KEY_SYSRQ and {} other excluded keys written: no event within 500 ms",
+        KEYBOARD_EXCLUDED_KEYS.len() - 1
+    );
+
+    // An allowed key through the same fd does come out.
+    write_events(&handed_off, &press(KEY_A)).unwrap();
+    expect_events(
+        &node,
+        "KEY_A",
+        &[
+            InputEvent::new(EV_KEY, KEY_A, 1),
+            syn,
+            InputEvent::new(EV_KEY, KEY_A, 0),
+            syn,
+        ],
+    );
+    eprintln!("KEY_A written: press, release");
+    drop((handed_off, node));
+    devices.destroy().unwrap();
+}
+
+/// A write of events holding an excluded key either fails or is taken whole (and dropped by
+/// the kernel); a partial write would mean the kernel stopped at the key.
+fn expect_sysrq_write(result: Result<(), UinputError>, what: &str) {
+    match result {
+        Ok(()) => eprintln!("{what}: write accepted"),
+        Err(err @ (UinputError::Write { .. } | UinputError::ShortWrite { .. })) => {
+            eprintln!("{what}: write rejected: {err}")
+        }
+        Err(err) => panic!("{what}: {err}"),
+    }
 }
 
 /// The other half of `handed_off_fds_drive_the_devices_from_another_process`: run in a child
