@@ -45,6 +45,11 @@ pub struct CommonArgs {
           num_args = 0..=1, default_missing_value = "true", value_parser = strict_bool())]
     pub migrate: bool,
 
+    /// Connections the HTTP(S) listener serves at once; past it a client is
+    /// refused at once (503 TOO_MANY_CONNECTIONS) instead of queued.
+    #[arg(long, env = "BERTH_MAX_CONNECTIONS", default_value_t = 4096, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub max_connections: u32,
+
     /// Environment name: used in cloud tags and as the Sentry environment.
     #[arg(long = "env", env = "BERTH_ENV", default_value = "dev", value_parser = parse_env_name)]
     pub environment: String,

@@ -155,16 +155,34 @@ pub fn bearer<B>(req: &Request<B>) -> Result<String, ApiError> {
         .ok_or_else(ApiError::unauthorized)
 }
 
+/// How a listener keeps clients that connect and say nothing, or too many
+/// clients at once, from using it up.
+#[derive(Clone, Copy, Debug)]
+pub struct ConnectionLimits {
+    /// The first byte of a request (after the TLS handshake, if any) and then
+    /// its headers must each arrive within this.
+    pub header_timeout: Duration,
+    /// Connections served at once; past it a client is refused at once with a
+    /// 503 (TOO_MANY_CONNECTIONS) and the connection closed.
+    pub max_connections: usize,
+}
+
+/// The answer past the connection cap, written raw: no HTTP machinery is
+/// spent on a connection that is not served.
+const TOO_MANY_CONNECTIONS: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 1\r\nconnection: close\r\ncontent-length: 102\r\n\r\n{\"error\": {\"code\": \"TOO_MANY_CONNECTIONS\", \"message\": \"the server is at its connection limit; retry\"}}";
+
 /// Serves HTTP/1.1 and HTTP/2 (with upgrades) on `listener` until `stop`
 /// (responses are whole, or streamed for the host's proxy):
 /// `accept` turns each TCP connection into the stream to speak HTTP on (a TLS
 /// handshake for the host API, nothing for the scaler) and runs in the
-/// connection's own task, so a slow client never stalls accepting. Headers
-/// must arrive within `header_timeout`; in-flight requests get 5 s when stopping.
+/// connection's own task, so a slow client never stalls accepting. Within
+/// `limits`, the first byte and then the headers must arrive in time (hyper's
+/// own header timer starts only once a byte has come); in-flight requests get
+/// 5 s when stopping.
 pub async fn serve<A, AFut, IO, H, HFut, B>(
     listener: tokio::net::TcpListener,
     stop: tokio_util::sync::CancellationToken,
-    header_timeout: Duration,
+    limits: ConnectionLimits,
     accept: A,
     handler: H,
 ) where
@@ -176,6 +194,8 @@ pub async fn serve<A, AFut, IO, H, HFut, B>(
     B: hyper::body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
+    let header_timeout = limits.header_timeout;
+    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
     use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
@@ -198,10 +218,20 @@ pub async fn serve<A, AFut, IO, H, HFut, B>(
                 }
             },
         };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            tracing::warn!(
+                limit = limits.max_connections,
+                "at the connection limit; refusing a connection"
+            );
+            tokio::spawn(refuse(tcp));
+            continue;
+        };
         let (accept, handler, builder) = (accept.clone(), handler.clone(), builder.clone());
         let watcher = graceful.watcher();
         tokio::spawn(async move {
+            let _slot = slot;
             let Some(io) = accept(tcp).await else { return };
+            let io = FirstByteDeadline::new(io, header_timeout);
             let service = hyper::service::service_fn(move |req| {
                 let response = handler(req);
                 async move { Ok::<_, std::convert::Infallible>(response.await) }
@@ -218,5 +248,105 @@ pub async fn serve<A, AFut, IO, H, HFut, B>(
         .is_err()
     {
         tracing::warn!("some connections did not finish within the shutdown grace");
+    }
+}
+
+async fn refuse(mut tcp: tokio::net::TcpStream) {
+    use tokio::io::AsyncWriteExt;
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        let _ = tcp.write_all(TOO_MANY_CONNECTIONS).await;
+        let _ = tcp.shutdown().await;
+    })
+    .await;
+}
+
+/// A stream whose reads fail with `TimedOut` if its first byte has not come
+/// by the deadline. hyper's header timeout starts only when a request's first
+/// byte arrives (its HTTP version sniffing waits unbounded before that), so a
+/// client that connects, completes TLS and sends nothing would hold its
+/// connection forever.
+struct FirstByteDeadline<IO> {
+    io: IO,
+    deadline: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl<IO> FirstByteDeadline<IO> {
+    fn new(io: IO, within: Duration) -> Self {
+        Self {
+            io,
+            deadline: Some(Box::pin(tokio::time::sleep(within))),
+        }
+    }
+}
+
+impl<IO: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for FirstByteDeadline<IO> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        use std::future::Future;
+        use std::task::Poll;
+        let this = &mut *self;
+        let before = buf.filled().len();
+        match std::pin::Pin::new(&mut this.io).poll_read(cx, buf) {
+            Poll::Ready(Ok(())) => {
+                if buf.filled().len() > before {
+                    this.deadline = None;
+                }
+                Poll::Ready(Ok(()))
+            }
+            Poll::Pending => {
+                let expired = this
+                    .deadline
+                    .as_mut()
+                    .is_some_and(|deadline| deadline.as_mut().poll(cx).is_ready());
+                if expired {
+                    Poll::Ready(Err(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        "no request within the header timeout",
+                    )))
+                } else {
+                    Poll::Pending
+                }
+            }
+            other => other,
+        }
+    }
+}
+
+impl<IO: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for FirstByteDeadline<IO> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
     }
 }

@@ -24,7 +24,11 @@ const OPENAPI: &str = include_str!("openapi.json");
 pub async fn serve(scaler: Arc<Scaler>, listener: TcpListener) {
     let stop = scaler.stop.clone();
     let plain = |tcp: tokio::net::TcpStream| async move { Some(tcp) };
-    berth_common::http::serve(listener, stop, HEADER_TIMEOUT, plain, move |req| {
+    let limits = berth_common::http::ConnectionLimits {
+        header_timeout: HEADER_TIMEOUT,
+        max_connections: scaler.config.common.max_connections as usize,
+    };
+    berth_common::http::serve(listener, stop, limits, plain, move |req| {
         handle(scaler.clone(), req)
     })
     .await;

@@ -40,6 +40,11 @@ pub async fn serve(host: Arc<Host>, listener: TcpListener, tls: Arc<rustls::Serv
         }
     };
     let stop = host.stop.clone();
+    let max_connections = host.config.common.max_connections as usize;
     let handler = move |req| routes::handle(host.clone(), req);
-    berth_common::http::serve(listener, stop, header_timeout, handshake, handler).await;
+    let limits = berth_common::http::ConnectionLimits {
+        header_timeout,
+        max_connections,
+    };
+    berth_common::http::serve(listener, stop, limits, handshake, handler).await;
 }
