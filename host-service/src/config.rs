@@ -124,7 +124,8 @@ pub struct Config {
     #[arg(long, env = "BERTH_MAX_BODY_BYTES", default_value_t = 1 << 20)]
     pub max_body_bytes: usize,
 
-    /// Seconds a client gets for its TLS handshake, and again for its request headers.
+    /// Seconds a client gets for its TLS handshake, again for the first byte of
+    /// a request, and again for its headers; a connection that says nothing is closed.
     #[arg(long, env = "BERTH_HEADER_TIMEOUT_SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=300))]
     pub header_timeout_secs: u64,
 

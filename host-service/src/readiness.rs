@@ -170,7 +170,7 @@ mod tests {
             port,
             path: "/ready".into(),
         };
-        wait_ready(
+        let probes = wait_ready(
             &readiness,
             Some([127, 0, 0, 1].into()),
             Path::new("/nonexistent"),
@@ -178,6 +178,7 @@ mod tests {
         )
         .await
         .unwrap();
+        assert_eq!(probes, 3, "two 503s, then the 200");
     }
 
     #[tokio::test]

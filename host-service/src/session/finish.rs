@@ -146,12 +146,12 @@ pub async fn json_transport(
             _ => return Err(FinishError::Forbidden),
         }
     }
-    // A task of its own: a client hanging up must not stop halfway.
     let checked = Checked {
         received,
         check: received.elapsed(),
         claimed,
     };
+    // A task of its own: a client hanging up must not stop halfway.
     let task = host.tasks.spawn(finish(
         host.clone(),
         session,

@@ -221,10 +221,7 @@ fn is_live(status: &serde_json::Value) -> bool {
     )
 }
 
-// One thread: the client does one thing at a time, and on a busy machine every
-// hand-off between worker threads (connect, TLS, the connection task, the
-// response) waits for a wake-up that a single thread does not need.
-#[tokio::main(flavor = "current_thread")]
+#[tokio::main]
 async fn main() -> ExitCode {
     berth_common::tls::install_crypto_provider();
     let cli = Cli::parse();
