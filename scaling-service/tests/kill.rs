@@ -60,7 +60,13 @@ async fn crash_at(point: &'static str) -> Result<(), String> {
             stale_host = Some(host);
         }
     }
-    let argv = args(&db, &env, &["--heartbeat-secs", "1"]);
+    // A silent host is UNREACHABLE once the scaler has watched for 3 s, and
+    // terminated 1 s of unreachability later: the sweep's point is reached.
+    let argv = args(
+        &db,
+        &env,
+        &["--heartbeat-secs", "1", "--unreachable-grace-secs", "1"],
+    );
     let mut process = Scaler(
         Command::new(env!("CARGO_BIN_EXE_scaling-service"))
             .args(&argv[1..])
@@ -92,6 +98,17 @@ async fn crash_at(point: &'static str) -> Result<(), String> {
                 .map_err(|e| e.to_string())?;
             released = true;
         }
+        if let Some(stale) = &stale_host {
+            // The other hosts are alive and say so; with all of them silent the
+            // mass-silence brake would rightly terminate none.
+            sqlx::query(
+                "UPDATE hosts SET last_heartbeat_at = now() WHERE id <> $1 AND status = 'ACTIVE'",
+            )
+            .bind(stale)
+            .execute(&db.pool)
+            .await
+            .map_err(|e| e.to_string())?;
+        }
         if Instant::now() > deadline {
             return Err(format!("{point} was never reached"));
         }
@@ -105,7 +122,13 @@ async fn crash_at(point: &'static str) -> Result<(), String> {
     drop(process);
 
     // A new scaler takes over.
-    let s = scaler(&db, &env, aws.clone(), &["--heartbeat-secs", "1"]).await;
+    let s = scaler(
+        &db,
+        &env,
+        aws.clone(),
+        &["--heartbeat-secs", "1", "--unreachable-grace-secs", "1"],
+    )
+    .await;
     for _ in 0..4 {
         pass(&s, REGION)
             .await
