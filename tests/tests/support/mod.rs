@@ -45,6 +45,7 @@ pub struct System {
     pub local_dir: PathBuf,
     /// The scaling service's arguments, to start it again.
     pub argv: Vec<String>,
+    _hosts: LocalHosts,
 }
 
 impl System {
@@ -137,6 +138,10 @@ impl System {
             db,
             service: Some(service),
             url,
+            _hosts: LocalHosts {
+                dir: local_dir.clone(),
+                env: env.clone(),
+            },
             env,
             local_dir,
             argv,
@@ -235,6 +240,19 @@ impl System {
         scaling_service::provider::local::remove_all(&self.local_dir, &self.env);
         let _ = std::fs::remove_dir_all(&self.local_dir);
         self.db.drop_database().await;
+    }
+}
+
+/// Stops the system's local hosts when dropped: a test that fails half-way
+/// still leaves no host process or container behind.
+pub struct LocalHosts {
+    dir: PathBuf,
+    env: String,
+}
+
+impl Drop for LocalHosts {
+    fn drop(&mut self) {
+        scaling_service::provider::local::remove_all(&self.dir, &self.env);
     }
 }
 
