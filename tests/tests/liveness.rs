@@ -1,13 +1,15 @@
-//! Liveness on the real parts: a database outage (with the scaler restarted
-//! while it lasts) or a frozen daemon must not cost a healthy host or a user's
+//! Liveness on the real parts: a database outage under load (with the scaler
+//! restarted while it lasts) or a frozen daemon must not cost a healthy host or a user's
 //! session. These tests stop the shared PostgreSQL server, so they are alone in
 //! this binary (cargo runs test binaries one at a time) and run one at a time.
 
 mod support;
 
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use berth_common::testing::postgres_cluster;
+use berth_common::testing::{eventually, postgres_cluster};
 use berth_tests::client::ScalerClient;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
@@ -119,6 +121,17 @@ async fn a_database_outage_and_a_scaler_restart_cost_no_host_and_no_session() {
             .await
             .unwrap();
 
+    // Load all along: a client assigning and deleting sessions in a loop,
+    // against whichever scaler is up (its URL changes with the restart).
+    let url = Arc::new(Mutex::new(system.url.clone()));
+    let served = Arc::new(AtomicUsize::new(0));
+    let stop_load = Arc::new(AtomicBool::new(false));
+    let load = tokio::spawn(load_loop(url.clone(), served.clone(), stop_load.clone()));
+    eventually("the load to be served", Duration::from_secs(30), || async {
+        served.load(Ordering::SeqCst) > 0
+    })
+    .await;
+
     let outage = outage();
     eprintln!("stopping PostgreSQL for {outage:?}");
     assert_eq!(postgres_cluster("stop"), Some(true), "stopping PostgreSQL");
@@ -133,6 +146,8 @@ async fn a_database_outage_and_a_scaler_restart_cost_no_host_and_no_session() {
     assert_eq!(postgres_cluster("start"), Some(true), "starting PostgreSQL");
     let back = Instant::now();
     system.restart_scaler(Duration::from_secs(60)).await;
+    *url.lock().unwrap() = system.url.clone();
+    let served_before = served.load(Ordering::SeqCst);
 
     // Assigns resume within 10 s of the database's return.
     let carol = system.user("carol");
@@ -172,10 +187,45 @@ async fn a_database_outage_and_a_scaler_restart_cost_no_host_and_no_session() {
         assert_eq!(view["status"], "RUNNING", "{view}");
         assert!(app_answers(port).await, "session {session} answers");
     }
+    eventually(
+        "the load to be served again",
+        Duration::from_secs(10),
+        || async { served.load(Ordering::SeqCst) > served_before },
+    )
+    .await;
+    stop_load.store(true, Ordering::SeqCst);
+    load.await.unwrap();
+    eprintln!("{} load cycles served", served.load(Ordering::SeqCst));
     assert_eq!(
-        system.count("SELECT count(*) FROM session_history").await,
+        system
+            .count("SELECT count(*) FROM session_history WHERE user_id <> 'loader' OR outcome <> 'DELETED'")
+            .await,
         0,
-        "no session ended"
+        "no session ended but the load's own deletes"
     );
     system.stop().await;
+}
+
+/// Assign → delete, over and over, counting the cycles the scaler served.
+async fn load_loop(url: Arc<Mutex<String>>, served: Arc<AtomicUsize>, stop: Arc<AtomicBool>) {
+    let token = berth_tests::client::dev_user_token(
+        SECRET,
+        "loader",
+        None,
+        None,
+        Duration::from_secs(3600),
+    );
+    let mut n = 0;
+    while !stop.load(Ordering::SeqCst) {
+        n += 1;
+        let current = url.lock().unwrap().clone();
+        let client = ScalerClient::new(&current, &token);
+        let csid = format!("load-{n}");
+        if let Ok(a) = client.assign("desktop", &[REGION], Some(&csid)).await {
+            if client.delete(&a.session_id).await.is_ok() {
+                served.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
