@@ -30,18 +30,7 @@ async fn silent_tls(
 async fn two_thousand_silent_tls_clients_are_cut_off_and_others_are_served() {
     const CLIENTS: usize = 2000;
     let header_timeout = Duration::from_secs(2);
-    let db = TestDb::new().await;
-    add_runtime(&db, RUNTIME, serde_json::json!({}), 10).await;
-    let extra = vec!["--header-timeout-secs".to_owned(), "2".to_owned()];
-    let th = start_host(
-        &db,
-        HostArgs {
-            capacity: 1,
-            extra,
-            ..Default::default()
-        },
-    )
-    .await;
+    let (_db, th) = warm_host(1, &["--header-timeout-secs", "2"]).await;
     let connector = connector(&th.cert_sha256);
     let handshakes = Arc::new(tokio::sync::Semaphore::new(64));
     let mut clients = tokio::task::JoinSet::new();
@@ -94,18 +83,7 @@ async fn two_thousand_silent_tls_clients_are_cut_off_and_others_are_served() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn past_the_connection_cap_a_client_is_refused_at_once() {
-    let db = TestDb::new().await;
-    add_runtime(&db, RUNTIME, serde_json::json!({}), 10).await;
-    let extra = vec!["--max-connections".to_owned(), "20".to_owned()];
-    let th = start_host(
-        &db,
-        HostArgs {
-            capacity: 1,
-            extra,
-            ..Default::default()
-        },
-    )
-    .await;
+    let (_db, th) = warm_host(1, &["--max-connections", "20"]).await;
     let connector = connector(&th.cert_sha256);
     let mut held = vec![];
     for _ in 0..20 {

@@ -26,16 +26,7 @@ async fn metrics(th: &TestHost, accept: Option<&str>) -> (String, String) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_are_classic_text_unless_openmetrics_is_preferred() {
-    let db = TestDb::new().await;
-    add_runtime(&db, RUNTIME, serde_json::json!({}), 10).await;
-    let th = start_host(
-        &db,
-        HostArgs {
-            capacity: 1,
-            ..Default::default()
-        },
-    )
-    .await;
+    let (db, th) = warm_host(1, &[]).await;
     th.host.metrics.proxy_requests.inc();
     th.host.metrics.ready_seconds.observe(0.02);
 
