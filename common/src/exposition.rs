@@ -172,52 +172,6 @@ pub fn classic_from_openmetrics(openmetrics: &str) -> String {
     out
 }
 
-/// What `promtool check metrics` finds wrong with classic text, one message
-/// per problem (empty = clean): every sample belongs to a family with HELP
-/// and TYPE declared before it, counters end in `_total`, and nothing
-/// OpenMetrics-only is left.
-#[cfg(any(test, feature = "testing"))]
-pub fn classic_problems(text: &str) -> Vec<String> {
-    let mut help = std::collections::HashSet::new();
-    let mut types: HashMap<String, String> = HashMap::new();
-    let mut problems = vec![];
-    for line in text.lines() {
-        if let Some(rest) = line.strip_prefix("# HELP ") {
-            let family = rest.split(' ').next().unwrap_or("");
-            help.insert(family.to_owned());
-        } else if let Some(rest) = line.strip_prefix("# TYPE ") {
-            let (family, kind) = rest.split_once(' ').unwrap_or((rest, ""));
-            if !["counter", "gauge", "histogram", "summary", "untyped"].contains(&kind) {
-                problems.push(format!("{family}: type {kind:?} is not a classic type"));
-            }
-            if kind == "counter" && !family.ends_with("_total") {
-                problems.push(format!("{family}: counter names end in _total"));
-            }
-            if !help.contains(family) {
-                problems.push(format!("{family}: TYPE without HELP before it"));
-            }
-            types.insert(family.to_owned(), kind.to_owned());
-        } else if line.starts_with('#') {
-            problems.push(format!("{line:?}: not a classic comment"));
-        } else if !line.trim().is_empty() {
-            let name = sample_name(line);
-            let family = types.keys().find(|family| {
-                name == family.as_str()
-                    || (matches!(
-                        types.get(*family).map(String::as_str),
-                        Some("histogram" | "summary")
-                    ) && ["_bucket", "_sum", "_count"]
-                        .iter()
-                        .any(|s| name.strip_suffix(s) == Some(family.as_str())))
-            });
-            if family.is_none() {
-                problems.push(format!("{name}: sample without HELP and TYPE"));
-            }
-        }
-    }
-    problems
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -262,8 +216,6 @@ mod tests {
              # TYPE berth_x_other untyped\n\
              berth_x_other 1\n"
         );
-        assert_eq!(classic_problems(&classic), Vec::<String>::new());
-        assert!(!classic_problems(OPENMETRICS).is_empty());
     }
 
     #[test]

@@ -15,8 +15,6 @@ pub mod http;
 pub mod ids;
 pub mod imds;
 pub mod telemetry;
-#[cfg(feature = "testing")]
-pub mod testing;
 pub mod tls;
 
 pub use ids::{

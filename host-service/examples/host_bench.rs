@@ -13,8 +13,8 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use berth_common::auth::new_session_token;
-use berth_common::testing::TestDb;
 use berth_common::{db, tls, HostId};
+use berth_testing::TestDb;
 use bollard::models::ContainerCreateBody;
 use bollard::query_parameters::{CreateContainerOptionsBuilder, RemoveContainerOptionsBuilder};
 use clap::Parser;

@@ -5,7 +5,7 @@
 
 mod support;
 
-use berth_common::exposition::classic_problems;
+use berth_testing::classic_problems;
 use support::*;
 
 const PROMETHEUS_ACCEPT: &str = "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";

@@ -11,7 +11,7 @@ use support::*;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_postgres_restart_loses_no_allocation_and_heartbeats_resume() {
     let (db, th) = warm_host(2, &["--heartbeat-secs", "1"]).await;
-    match berth_common::testing::postgres_cluster("restart") {
+    match berth_testing::postgres_cluster("restart") {
         None => {
             eprintln!("SKIPPED a_postgres_restart_loses_no_allocation_and_heartbeats_resume: no Debian PostgreSQL cluster (pg_lsclusters) serves DATABASE_URL; run scripts/test");
             th.cleanup().await;

@@ -8,7 +8,7 @@ mod support;
 use std::process::Command;
 use std::time::Duration;
 
-use berth_common::testing::{closed_port, database_url_with, run_bounded, Finished};
+use berth_testing::{closed_port, database_url_with, run_bounded, Finished};
 use support::*;
 use uuid::Uuid;
 

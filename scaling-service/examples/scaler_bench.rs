@@ -9,8 +9,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use berth_common::testing::TestDb;
 use berth_common::tls;
+use berth_testing::TestDb;
 use clap::Parser;
 use futures_util::future::BoxFuture;
 use scaling_service::assign::AssignRequest;

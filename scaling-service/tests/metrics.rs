@@ -5,7 +5,7 @@
 
 mod support;
 
-use berth_common::exposition::classic_problems;
+use berth_testing::classic_problems;
 use scaling_service::service;
 use support::*;
 

@@ -7,7 +7,7 @@ mod support;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use berth_common::testing::{closed_port, run_bounded, KillOnDrop};
+use berth_testing::{closed_port, run_bounded, KillOnDrop};
 use support::*;
 
 fn scaling_service(argv: &[String]) -> Command {
@@ -138,7 +138,7 @@ async fn migrate_takes_only_true_or_false() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn database_errors_say_what_to_check_and_exit_by_kind() {
-    use berth_common::testing::database_url_with;
+    use berth_testing::database_url_with;
     let db = TestDb::new().await;
     let argv = args(&db, &env_name(), &[]);
 

@@ -6,7 +6,7 @@ mod support;
 use std::process::Command;
 use std::time::Duration;
 
-use berth_common::testing::run_bounded;
+use berth_testing::run_bounded;
 use support::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use berth_common::testing::{eventually, postgres_cluster};
+use berth_testing::{eventually, postgres_cluster};
 use berth_tests::client::ScalerClient;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;

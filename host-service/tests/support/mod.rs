@@ -27,7 +27,7 @@ pub fn test_image() -> String {
     std::env::var("BERTH_TEST_IMAGE").unwrap_or_else(|_| "berth-test-app:1".to_owned())
 }
 
-pub use berth_common::testing::{eventually, TestDb};
+pub use berth_testing::{eventually, TestDb};
 
 /// Adds the test runtime (the locally built app image) to a test database.
 pub async fn add_runtime(db: &TestDb, name: &str, env: serde_json::Value, ready_timeout_s: i32) {
@@ -193,7 +193,7 @@ impl TestHost {
 
 /// Kills a daemon process when the test ends, pass or fail.
 #[allow(unused_imports)] // not every test binary runs the daemon as a process
-pub use berth_common::testing::KillOnDrop;
+pub use berth_testing::KillOnDrop;
 
 /// For tests that run the daemon as a process: a fresh database with the test
 /// runtime, and the host id, state dir and arguments of a host of `capacity`.

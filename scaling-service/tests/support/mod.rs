@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 // Not every test binary uses every helper.
 #[allow(unused_imports)]
-pub use berth_common::testing::{eventually, TestDb};
+pub use berth_testing::{eventually, TestDb};
 use clap::Parser;
 use futures_util::future::BoxFuture;
 use scaling_service::config::Cli;

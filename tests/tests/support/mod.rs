@@ -7,7 +7,7 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use berth_common::testing::TestDb;
+use berth_testing::TestDb;
 use berth_tests::client::{dev_user_token, Assigned, HostClient, ScalerClient};
 use clap::Parser;
 use scaling_service::config::Cli;

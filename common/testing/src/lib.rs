@@ -1,10 +1,12 @@
-//! Test support: a fresh, migrated database per test on the PostgreSQL that
-//! DATABASE_URL points at (scripts/test starts one). Only with the `testing`
-//! feature, which only dev-dependencies enable.
+//! Test support for every Berth crate: a fresh, migrated database per test on
+//! the PostgreSQL that DATABASE_URL points at (scripts/test starts one),
+//! bounded waits and child processes, and a checker for classic metrics text.
+//! Only dev-dependencies name this crate, so nothing here reaches a binary and
+//! the test build compiles `berth-common` exactly as the binaries do.
 
 use sqlx::PgPool;
 
-use crate::db;
+use berth_common::db;
 
 pub fn database_url() -> String {
     std::env::var("DATABASE_URL").unwrap_or_else(|_| {
@@ -32,7 +34,7 @@ impl TestDb {
     }
 
     async fn create(migrate: bool) -> Self {
-        crate::tls::install_crypto_provider();
+        berth_common::tls::install_crypto_provider();
         let base = database_url();
         let admin = db::connect(&base, "berth-tests", 2)
             .await
@@ -190,4 +192,83 @@ pub fn postgres_cluster(action: &str) -> Option<bool> {
         .ok()?;
     // pg_ctlcluster exits 2 for "already running" on start: the wanted state.
     Some(status.success() || (action == "start" && status.code() == Some(2)))
+}
+
+/// A sample line's metric name (what precedes its labels or value).
+fn sample_name(line: &str) -> &str {
+    let end = line.find(['{', ' ']).unwrap_or(line.len());
+    &line[..end]
+}
+
+/// What `promtool check metrics` finds wrong with classic text, one message
+/// per problem (empty = clean): every sample belongs to a family with HELP
+/// and TYPE declared before it, counters end in `_total`, and nothing
+/// OpenMetrics-only is left.
+pub fn classic_problems(text: &str) -> Vec<String> {
+    let mut help = std::collections::HashSet::new();
+    let mut types: std::collections::HashMap<String, String> = std::collections::HashMap::new();
+    let mut problems = vec![];
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# HELP ") {
+            let family = rest.split(' ').next().unwrap_or("");
+            help.insert(family.to_owned());
+        } else if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (family, kind) = rest.split_once(' ').unwrap_or((rest, ""));
+            if !["counter", "gauge", "histogram", "summary", "untyped"].contains(&kind) {
+                problems.push(format!("{family}: type {kind:?} is not a classic type"));
+            }
+            if kind == "counter" && !family.ends_with("_total") {
+                problems.push(format!("{family}: counter names end in _total"));
+            }
+            if !help.contains(family) {
+                problems.push(format!("{family}: TYPE without HELP before it"));
+            }
+            types.insert(family.to_owned(), kind.to_owned());
+        } else if line.starts_with('#') {
+            problems.push(format!("{line:?}: not a classic comment"));
+        } else if !line.trim().is_empty() {
+            let name = sample_name(line);
+            let family = types.keys().find(|family| {
+                name == family.as_str()
+                    || (matches!(
+                        types.get(*family).map(String::as_str),
+                        Some("histogram" | "summary")
+                    ) && ["_bucket", "_sum", "_count"]
+                        .iter()
+                        .any(|s| name.strip_suffix(s) == Some(family.as_str())))
+            });
+            if family.is_none() {
+                problems.push(format!("{name}: sample without HELP and TYPE"));
+            }
+        }
+    }
+    problems
+}
+
+#[cfg(test)]
+mod tests {
+    use super::classic_problems;
+    use berth_common::exposition::classic_from_openmetrics;
+
+    const OPENMETRICS: &str = "# HELP berth_x_assigns Sessions assigned.\n\
+        # TYPE berth_x_assigns counter\n\
+        berth_x_assigns_total 3\n\
+        berth_x_assigns_created 1700000000.0\n\
+        # HELP berth_x_seconds Latency.\n\
+        # TYPE berth_x_seconds histogram\n\
+        # UNIT berth_x_seconds seconds\n\
+        berth_x_seconds_sum 0.5\n\
+        berth_x_seconds_count 1\n\
+        # EOF\n";
+
+    #[test]
+    fn openmetrics_has_problems_as_classic_text_and_its_conversion_has_none() {
+        assert!(!classic_problems(OPENMETRICS).is_empty());
+        let classic = classic_from_openmetrics(OPENMETRICS);
+        assert_eq!(
+            classic_problems(&classic),
+            Vec::<String>::new(),
+            "{classic}"
+        );
+    }
 }
