@@ -20,7 +20,8 @@ use crate::registry::{self, Endpoint, Registration, RegistryError};
 use crate::resources::volumes::UserData;
 use crate::runtime::RuntimeSpec;
 use crate::{
-    api, container_events, drain, heartbeat, hints, idle, reconcile, resources, warm_pool, Error,
+    api, container_events, drain, heartbeat, hints, idle, isolation, reconcile, resources,
+    warm_pool, Error,
 };
 
 /// Tasks get this long to finish after a stop before the daemon exits anyway.
@@ -59,6 +60,11 @@ async fn boot(
     me: &registry::Identity,
 ) -> Result<Daemon, Error> {
     let docker = DockerEngine::connect().await?;
+    let rules = isolation::install(&docker).await?;
+    tracing::info!(
+        rules = %rules.join("\n"),
+        "sessions are kept from this host, each other and the metadata range by these filter rules"
+    );
     let uinput_enabled = resources::uinput::enabled(config.uinput)?;
     prepare_state_dir(&config)?;
     let mut names = vec![me.host_id.to_string(), "localhost".to_owned()];

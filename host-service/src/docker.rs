@@ -104,6 +104,12 @@ fn is_not_modified(e: &BollardError) -> bool {
 }
 
 impl DockerEngine {
+    /// The engine's API, for the pieces that manage more than containers
+    /// (the session networks).
+    pub(crate) fn api(&self) -> &Docker {
+        &self.docker
+    }
+
     /// Connects to the local engine and agrees on an API version it speaks
     /// (Docker 20.10 only knows 1.41).
     pub async fn connect() -> Result<Self, DockerError> {
@@ -353,6 +359,7 @@ fn container_body(spec: &ContainerSpec<'_>) -> ContainerCreateBody {
         env: Some(env),
         exposed_ports: Some(exposed),
         host_config: Some(HostConfig {
+            network_mode: Some(rt.egress.network().name.to_owned()),
             port_bindings: Some(bindings),
             devices: Some(devices),
             device_cgroup_rules: Some(device_cgroup_rules),

@@ -13,6 +13,7 @@ pub mod heartbeat;
 pub mod hints;
 pub mod host;
 pub mod idle;
+pub mod isolation;
 pub mod metrics;
 pub mod proxy;
 pub mod readiness;
@@ -36,6 +37,8 @@ pub enum Error {
     Db(#[from] berth_common::db::DbError),
     #[error(transparent)]
     Docker(#[from] docker::DockerError),
+    #[error("keeping sessions apart failed, so this host starts none: {0}")]
+    Isolation(#[from] isolation::IsolationError),
     #[error(transparent)]
     Registry(#[from] registry::RegistryError),
     #[error(transparent)]

@@ -6,6 +6,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use sqlx::PgPool;
 
+use crate::isolation::Egress;
 use crate::resources::ports::ContainerPort;
 
 /// How the host knows a session's app is ready to serve.
@@ -57,6 +58,7 @@ pub struct RuntimeSpec {
     pub idle_timeout: Option<Duration>,
     pub init: Option<InitCall>,
     pub user_volume: Option<UserVolume>,
+    pub egress: Egress,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -93,13 +95,14 @@ struct Row {
     idle_timeout_s: Option<i32>,
     init: Option<serde_json::Value>,
     user_volume: Option<serde_json::Value>,
+    egress: String,
 }
 
 impl RuntimeSpec {
     pub async fn load(db: &PgPool, name: &str) -> Result<Self, RuntimeError> {
         let row: Row = sqlx::query_as(
             "SELECT name, image, ports, env, memory_mib, cpu_shares, shm_mib, needs_tty, needs_uinput, \
-                    readiness, ready_timeout_s, idle_timeout_s, init, user_volume FROM runtimes WHERE name = $1",
+                    readiness, ready_timeout_s, idle_timeout_s, init, user_volume, egress FROM runtimes WHERE name = $1",
         )
         .bind(name)
         .fetch_optional(db)
@@ -163,6 +166,13 @@ impl RuntimeSpec {
         if let Some(volume) = &user_volume {
             check_container_path(&volume.path).map_err(|why| invalid("user_volume", why))?;
         }
+        let egress: Egress = serde_json::from_value(serde_json::Value::String(row.egress.clone()))
+            .map_err(|_| {
+                invalid(
+                    "egress",
+                    format!("{:?} is neither open nor none", row.egress),
+                )
+            })?;
         Ok(Self {
             name: row.name,
             image: row.image,
@@ -180,6 +190,7 @@ impl RuntimeSpec {
                 .map(|s| Duration::from_secs(s.max(1) as u64)),
             init,
             user_volume,
+            egress,
         })
     }
 }
@@ -249,7 +260,19 @@ mod tests {
             idle_timeout_s: None,
             init: None,
             user_volume: None,
+            egress: "open".into(),
         }
+    }
+
+    #[test]
+    fn egress_is_open_or_none() {
+        let mut sealed = row(json!({"tcp": {"port": 8080}}), json!({}));
+        sealed.egress = "none".into();
+        assert_eq!(RuntimeSpec::from_row(sealed).unwrap().egress, Egress::None);
+        let mut odd = row(json!({"tcp": {"port": 8080}}), json!({}));
+        odd.egress = "lan".into();
+        let error = RuntimeSpec::from_row(odd).unwrap_err().to_string();
+        assert!(error.contains("egress") && error.contains("lan"), "{error}");
     }
 
     #[test]

@@ -18,8 +18,19 @@ use crate::session::Phase;
 
 /// Re-check this often even without a poke (a missed hint, a failed spawn).
 const RECHECK: Duration = Duration::from_secs(5);
-/// Pause after failures, growing to a minute, so a missing image is not a busy loop.
+/// Pause after failed spawns, growing to a minute, so a missing image is not a busy loop.
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
+/// Pause while the database cannot say how many slots are free. Not backed
+/// off: the pool must refill as soon as the database is back, not up to a
+/// minute later (each attempt already waits out the pool's acquire timeout).
+const DATABASE_RETRY: Duration = Duration::from_secs(1);
+
+/// What one refill pass came to.
+enum Refill {
+    Done,
+    DatabaseUnavailable,
+    SpawnsFailed,
+}
 
 pub async fn run(host: Arc<Host>) {
     let mut backoff = Duration::ZERO;
@@ -27,13 +38,17 @@ pub async fn run(host: Arc<Host>) {
         if host.stop.is_cancelled() || host.is_draining() {
             return;
         }
-        let failures = refill_once(&host).await;
-        backoff = if failures > 0 {
-            (backoff * 2).clamp(Duration::from_secs(1), MAX_BACKOFF)
-        } else {
-            Duration::ZERO
+        let wait = match refill_once(&host).await {
+            Refill::Done => {
+                backoff = Duration::ZERO;
+                RECHECK
+            }
+            Refill::DatabaseUnavailable => DATABASE_RETRY,
+            Refill::SpawnsFailed => {
+                backoff = (backoff * 2).clamp(Duration::from_secs(1), MAX_BACKOFF);
+                backoff
+            }
         };
-        let wait = if backoff.is_zero() { RECHECK } else { backoff };
         let mut draining = host.draining.subscribe();
         tokio::select! {
             _ = host.stop.cancelled() => return,
@@ -45,14 +60,14 @@ pub async fn run(host: Arc<Host>) {
 }
 
 /// How many warm sessions are missing: the host's free slots minus those
-/// already warm or warming, bounded by capacity. Returns the failures.
-async fn refill_once(host: &Arc<Host>) -> usize {
+/// already warm or warming, bounded by capacity.
+async fn refill_once(host: &Arc<Host>) -> Refill {
     let free_slots = match registry::status(&host.db, &host.id).await {
         Ok(Some((_, free))) => free as usize,
-        Ok(None) => return 0,
+        Ok(None) => return Refill::Done,
         Err(error) => {
             tracing::warn!(%error, "reading free slots failed; retrying");
-            return 1;
+            return Refill::DatabaseUnavailable;
         }
     };
     let warm = host.count("WAITING");
@@ -60,7 +75,7 @@ async fn refill_once(host: &Arc<Host>) -> usize {
     let missing = free_slots.saturating_sub(warm + host.warming()).min(room);
     host.metrics.warm_sessions.set(warm as i64);
     if missing == 0 {
-        return 0;
+        return Refill::Done;
     }
     tracing::debug!(missing, free_slots, warm, "refilling the warm pool");
     let mut spawns = JoinSet::new();
@@ -93,7 +108,11 @@ async fn refill_once(host: &Arc<Host>) -> usize {
         failures += usize::from(!matches!(result, Ok(true)));
     }
     host.metrics.warm_sessions.set(host.count("WAITING") as i64);
-    failures
+    if failures > 0 {
+        Refill::SpawnsFailed
+    } else {
+        Refill::Done
+    }
 }
 
 /// Re-reads this host's runtime row (on its `config` hint and at every

@@ -373,13 +373,14 @@ struct RuntimeRow {
     idle_timeout_s: Option<i32>,
     has_init: bool,
     user_volume_path: Option<String>,
+    egress: String,
 }
 
 async fn runtimes(scaler: &Scaler, req: &Request<Incoming>) -> Result<HttpResponse, ApiError> {
     user(scaler, req).await?;
     let rows: Vec<RuntimeRow> = sqlx::query_as(
         "SELECT name, description, ports, memory_mib, cpu_shares, idle_timeout_s, \
-                init IS NOT NULL AS has_init, user_volume->>'path' AS user_volume_path FROM runtimes ORDER BY name",
+                init IS NOT NULL AS has_init, user_volume->>'path' AS user_volume_path, egress FROM runtimes ORDER BY name",
     )
     .fetch_all(&scaler.db)
     .await
@@ -390,7 +391,7 @@ async fn runtimes(scaler: &Scaler, req: &Request<Incoming>) -> Result<HttpRespon
             json!({"name": r.name, "description": r.description, "ports": r.ports,
                    "limits": {"memory_mib": r.memory_mib, "cpu_shares": r.cpu_shares, "idle_timeout_s": r.idle_timeout_s},
                    "memory_mib": r.memory_mib, "cpu_shares": r.cpu_shares, "idle_timeout_s": r.idle_timeout_s,
-                   "init": r.has_init, "user_volume": r.user_volume_path})
+                   "init": r.has_init, "user_volume": r.user_volume_path, "egress": r.egress})
         })
         .collect();
     Ok(json(StatusCode::OK, &json!({"runtimes": list})))

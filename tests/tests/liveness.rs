@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use berth_testing::{eventually, postgres_cluster};
+use berth_testing::postgres_cluster;
 use berth_tests::client::ScalerClient;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
@@ -27,13 +27,18 @@ fn outage() -> Duration {
 }
 
 /// Assign for `csid`, retrying while no warm session is free; the host it got.
-async fn assign_host(user: &ScalerClient, csid: &str, limit: Duration) -> String {
+async fn assign_host(system: &System, user: &ScalerClient, csid: &str, limit: Duration) -> String {
     let started = Instant::now();
     loop {
         match user.assign("desktop", &[REGION], Some(csid)).await {
             Ok(a) => return a.host.id,
             Err(e) => {
-                assert!(started.elapsed() < limit, "no assign within {limit:?}: {e}");
+                if started.elapsed() > limit {
+                    panic!(
+                        "no assign within {limit:?}: {e}\nthe fleet:\n{}",
+                        system.describe().await
+                    );
+                }
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }
@@ -77,7 +82,7 @@ async fn a_frozen_daemon_is_unreachable_not_dead_and_keeps_its_sessions() {
     // While it is unreachable no assign picks it.
     let bob = system.user("bob");
     for i in 0..2 {
-        let host = assign_host(&bob, &format!("bob-{i}"), Duration::from_secs(60)).await;
+        let host = assign_host(&system, &bob, &format!("bob-{i}"), Duration::from_secs(60)).await;
         assert_ne!(host, frozen, "an assign picked the unreachable host");
     }
     // Frozen for at least 3 heartbeat periods in all.
@@ -123,14 +128,9 @@ async fn a_database_outage_and_a_scaler_restart_cost_no_host_and_no_session() {
 
     // Load all along: a client assigning and deleting sessions in a loop,
     // against whichever scaler is up (its URL changes with the restart).
-    let url = Arc::new(Mutex::new(system.url.clone()));
-    let served = Arc::new(AtomicUsize::new(0));
-    let stop_load = Arc::new(AtomicBool::new(false));
-    let load = tokio::spawn(load_loop(url.clone(), served.clone(), stop_load.clone()));
-    eventually("the load to be served", Duration::from_secs(30), || async {
-        served.load(Ordering::SeqCst) > 0
-    })
-    .await;
+    let load = Load::start(&system.url);
+    load.served_beyond(0, Duration::from_secs(30), &system)
+        .await;
 
     let outage = outage();
     eprintln!("stopping PostgreSQL for {outage:?}");
@@ -146,12 +146,12 @@ async fn a_database_outage_and_a_scaler_restart_cost_no_host_and_no_session() {
     assert_eq!(postgres_cluster("start"), Some(true), "starting PostgreSQL");
     let back = Instant::now();
     system.restart_scaler(Duration::from_secs(60)).await;
-    *url.lock().unwrap() = system.url.clone();
-    let served_before = served.load(Ordering::SeqCst);
+    load.point_at(&system.url);
+    let served_before = load.served();
 
     // Assigns resume within 10 s of the database's return.
     let carol = system.user("carol");
-    assign_host(&carol, "after-outage", Duration::from_secs(10)).await;
+    assign_host(&system, &carol, "after-outage", Duration::from_secs(10)).await;
     eprintln!(
         "first assign {:?} after the database came back",
         back.elapsed()
@@ -187,15 +187,9 @@ async fn a_database_outage_and_a_scaler_restart_cost_no_host_and_no_session() {
         assert_eq!(view["status"], "RUNNING", "{view}");
         assert!(app_answers(port).await, "session {session} answers");
     }
-    eventually(
-        "the load to be served again",
-        Duration::from_secs(10),
-        || async { served.load(Ordering::SeqCst) > served_before },
-    )
-    .await;
-    stop_load.store(true, Ordering::SeqCst);
-    load.await.unwrap();
-    eprintln!("{} load cycles served", served.load(Ordering::SeqCst));
+    load.served_beyond(served_before, Duration::from_secs(10), &system)
+        .await;
+    eprintln!("{} load cycles served", load.stop().await);
     assert_eq!(
         system
             .count("SELECT count(*) FROM session_history WHERE user_id <> 'loader' OR outcome <> 'DELETED'")
@@ -206,26 +200,106 @@ async fn a_database_outage_and_a_scaler_restart_cost_no_host_and_no_session() {
     system.stop().await;
 }
 
-/// Assign → delete, over and over, counting the cycles the scaler served.
-async fn load_loop(url: Arc<Mutex<String>>, served: Arc<AtomicUsize>, stop: Arc<AtomicBool>) {
-    let token = berth_tests::client::dev_user_token(
-        SECRET,
-        "loader",
-        None,
-        None,
-        Duration::from_secs(3600),
-    );
-    let mut n = 0;
-    while !stop.load(Ordering::SeqCst) {
-        n += 1;
-        let current = url.lock().unwrap().clone();
-        let client = ScalerClient::new(&current, &token);
-        let csid = format!("load-{n}");
-        if let Ok(a) = client.assign("desktop", &[REGION], Some(&csid)).await {
-            if client.delete(&a.session_id).await.is_ok() {
-                served.fetch_add(1, Ordering::SeqCst);
-            }
+/// A client assigning and deleting sessions over and over against whichever
+/// scaler it is pointed at, counting the cycles served and keeping the last
+/// failure (what a test that waits for it prints).
+struct Load {
+    url: Arc<Mutex<String>>,
+    served: Arc<AtomicUsize>,
+    last_failure: Arc<Mutex<String>>,
+    stop: Arc<AtomicBool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Load {
+    fn start(url: &str) -> Self {
+        let url = Arc::new(Mutex::new(url.to_owned()));
+        let served = Arc::new(AtomicUsize::new(0));
+        let last_failure = Arc::new(Mutex::new(String::from("none")));
+        let stop = Arc::new(AtomicBool::new(false));
+        let task = tokio::spawn(Self::cycle(
+            url.clone(),
+            served.clone(),
+            last_failure.clone(),
+            stop.clone(),
+        ));
+        Self {
+            url,
+            served,
+            last_failure,
+            stop,
+            task,
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    async fn cycle(
+        url: Arc<Mutex<String>>,
+        served: Arc<AtomicUsize>,
+        last_failure: Arc<Mutex<String>>,
+        stop: Arc<AtomicBool>,
+    ) {
+        let token = berth_tests::client::dev_user_token(
+            SECRET,
+            "loader",
+            None,
+            None,
+            Duration::from_secs(3600),
+        );
+        let mut n = 0;
+        while !stop.load(Ordering::SeqCst) {
+            n += 1;
+            let current = url.lock().unwrap().clone();
+            let client = ScalerClient::new(&current, &token);
+            let started = Instant::now();
+            let outcome = match client
+                .assign("desktop", &[REGION], Some(&format!("load-{n}")))
+                .await
+            {
+                Ok(a) => client.delete(&a.session_id).await.map(|_| ()),
+                Err(e) => Err(e),
+            };
+            match outcome {
+                Ok(()) => {
+                    served.fetch_add(1, Ordering::SeqCst);
+                }
+                Err(e) => {
+                    *last_failure.lock().unwrap() = format!(
+                        "cycle {n} against {current} after {:?}: {e}",
+                        started.elapsed()
+                    )
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    fn point_at(&self, url: &str) {
+        *self.url.lock().unwrap() = url.to_owned();
+    }
+
+    fn served(&self) -> usize {
+        self.served.load(Ordering::SeqCst)
+    }
+
+    async fn served_beyond(&self, count: usize, limit: Duration, system: &System) {
+        let started = Instant::now();
+        while self.served() <= count {
+            if started.elapsed() > limit {
+                let failure = self.last_failure.lock().unwrap().clone();
+                panic!(
+                    "the load was not served within {limit:?}; its last failure: {failure}\nthe fleet:\n{}",
+                    system.describe().await
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Stops the loop; the cycles it served.
+    async fn stop(self) -> usize {
+        self.stop.store(true, Ordering::SeqCst);
+        let served = self.served.clone();
+        let _ = self.task.await;
+        served.load(Ordering::SeqCst)
     }
 }

@@ -5,12 +5,14 @@
 #![allow(dead_code)]
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use berth_testing::TestDb;
 use berth_tests::client::{dev_user_token, Assigned, HostClient, ScalerClient};
 use clap::Parser;
 use scaling_service::config::Cli;
+use scaling_service::scaler::Scaler;
 use scaling_service::service::{self, Service};
 use serde_json::json;
 
@@ -134,14 +136,16 @@ impl System {
             .await
             .expect("the scaling service starts");
         let url = format!("http://{}", service.addr);
+        let hosts = LocalHosts {
+            dir: local_dir.clone(),
+            env: env.clone(),
+            scaler: Some(service.scaler.clone()),
+        };
         Self {
             db,
             service: Some(service),
             url,
-            _hosts: LocalHosts {
-                dir: local_dir.clone(),
-                env: env.clone(),
-            },
+            _hosts: hosts,
             env,
             local_dir,
             argv,
@@ -165,6 +169,7 @@ impl System {
             match service::start(config).await {
                 Ok(service) => {
                     self.url = format!("http://{}", service.addr);
+                    self._hosts.scaler = Some(service.scaler.clone());
                     self.service = Some(service);
                     return;
                 }
@@ -199,6 +204,29 @@ impl System {
             .fetch_one(&self.db.pool)
             .await
             .unwrap()
+    }
+
+    /// The fleet as the database has it (hosts with their status, sessions
+    /// per host and status, free slots): what a failing test prints.
+    pub async fn describe(&self) -> String {
+        let rows: Vec<(String, String, Option<String>, String)> = sqlx::query_as(
+            "SELECT h.id, h.status::text, h.status_reason, \
+                    coalesce((SELECT string_agg(s.status::text || '×' || s.n, ' ') FROM \
+                      (SELECT status, count(*) AS n FROM sessions WHERE host_id = h.id GROUP BY status) s), 'no sessions') \
+             FROM hosts h ORDER BY h.id",
+        )
+        .fetch_all(&self.db.pool)
+        .await
+        .unwrap_or_default();
+        rows.iter()
+            .map(|(id, status, reason, sessions)| {
+                format!(
+                    "{id} {status} ({}): {sessions}",
+                    reason.as_deref().unwrap_or("-")
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
     }
 
     pub async fn wait(&self, what: &str, timeout: Duration, sql: &str, expected: i64) {
@@ -248,10 +276,28 @@ impl System {
 pub struct LocalHosts {
     dir: PathBuf,
     env: String,
+    /// The scaler that launches them, stopped first: left running it would
+    /// launch replacements for the hosts stopped here, which nothing stops.
+    scaler: Option<Arc<Scaler>>,
 }
 
 impl Drop for LocalHosts {
     fn drop(&mut self) {
+        if let Some(scaler) = self.scaler.take() {
+            scaler.stop.cancel();
+            scaler.tasks.close();
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                if runtime.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread {
+                    tokio::task::block_in_place(|| {
+                        runtime.block_on(async {
+                            let _ =
+                                tokio::time::timeout(Duration::from_secs(10), scaler.tasks.wait())
+                                    .await;
+                        })
+                    });
+                }
+            }
+        }
         scaling_service::provider::local::remove_all(&self.dir, &self.env);
     }
 }
