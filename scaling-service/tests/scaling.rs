@@ -108,6 +108,13 @@ async fn aws_sdk_ec2_tags(env: &str) -> Vec<Vec<(String, String)>> {
         .iter()
         .flat_map(|r| r.instances())
         .map(|i| {
+            // IMDSv2 required with one hop, as every launch asks.
+            let metadata = i.metadata_options().expect("metadata options described");
+            assert_eq!(
+                metadata.http_tokens(),
+                Some(&aws_sdk_ec2::types::HttpTokensState::Required)
+            );
+            assert_eq!(metadata.http_put_response_hop_limit(), Some(1));
             i.tags()
                 .iter()
                 .map(|t| {

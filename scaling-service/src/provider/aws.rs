@@ -22,7 +22,8 @@ use aws_config::web_identity_token::WebIdentityTokenCredentialsProvider;
 use aws_config::{BehaviorVersion, Region, SdkConfig};
 use aws_sdk_ec2::error::ProvideErrorMetadata;
 use aws_sdk_ec2::types::{
-    Filter, IamInstanceProfileSpecification, InstanceStateName, InstanceType, ResourceType, Tag,
+    Filter, HttpTokensState, IamInstanceProfileSpecification, InstanceMetadataEndpointState,
+    InstanceMetadataOptionsRequest, InstanceStateName, InstanceType, ResourceType, Tag,
     TagSpecification,
 };
 use aws_sdk_ec2::Client;
@@ -278,7 +279,17 @@ impl Provider for AwsProvider {
                                 .build(),
                         )
                         .set_user_data(user_data.clone())
-                        .set_subnet_id(subnet.clone());
+                        .set_subnet_id(subnet.clone())
+                        // IMDSv2 only, one hop: a session container sits a hop
+                        // behind the host's bridge, so even without the host's
+                        // filter rules its token request would not come back.
+                        .metadata_options(
+                            InstanceMetadataOptionsRequest::builder()
+                                .http_endpoint(InstanceMetadataEndpointState::Enabled)
+                                .http_tokens(HttpTokensState::Required)
+                                .http_put_response_hop_limit(1)
+                                .build(),
+                        );
                     if !groups.is_empty() {
                         run = run.set_security_group_ids(Some(groups.clone()));
                     }
