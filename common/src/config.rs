@@ -54,6 +54,11 @@ pub struct CommonArgs {
     #[arg(long = "env", env = "BERTH_ENV", default_value = "dev", value_parser = parse_env_name)]
     pub environment: String,
 
+    /// Bearer token of the operator surfaces (`/metrics`, and the scaler's
+    /// `/regions`); unset, they answer nobody. At least 24 visible characters.
+    #[arg(long, env = "BERTH_OPERATOR_TOKEN", hide_env_values = true, value_parser = crate::operator::parse_token)]
+    pub operator_token: Option<String>,
+
     /// Sentry DSN; unset disables error reporting.
     #[arg(long, env = "SENTRY_DSN", hide_env_values = true)]
     pub sentry_dsn: Option<String>,
@@ -71,6 +76,19 @@ pub struct CommonArgs {
 pub enum LogFormat {
     Text,
     Json,
+}
+
+impl CommonArgs {
+    /// What the operator surfaces check requests against.
+    pub fn operator(&self) -> crate::operator::OperatorCredential {
+        crate::operator::OperatorCredential::new(self.operator_token.as_deref())
+    }
+}
+
+/// Development environments (`dev`, `dev-*`) may run with conveniences a
+/// real deployment must not (unchecked token issuer and audience).
+pub fn is_development(environment: &str) -> bool {
+    environment == "dev" || environment.starts_with("dev-")
 }
 
 fn parse_env_name(s: &str) -> Result<String, String> {

@@ -11,7 +11,10 @@ use support::*;
 const PROMETHEUS_ACCEPT: &str = "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
 
 async fn metrics(th: &TestHost, accept: Option<&str>) -> (String, String) {
-    let mut req = th.client().get(th.url("/metrics"));
+    let mut req = th
+        .client()
+        .get(th.url("/metrics"))
+        .bearer_auth(berth_testing::OPERATOR_TOKEN);
     if let Some(accept) = accept {
         req = req.header("accept", accept);
     }

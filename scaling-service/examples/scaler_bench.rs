@@ -213,7 +213,7 @@ async fn main() {
     for run in 0..5 {
         let db = TestDb::new().await;
         seed_region_only(&db).await;
-        let env = format!("bench{}{run}", std::process::id());
+        let env = format!("dev-bench{}{run}", std::process::id());
         let argv = [
             "scaling-service",
             "--database-url",

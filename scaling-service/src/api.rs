@@ -40,7 +40,12 @@ pub async fn handle(scaler: Arc<Scaler>, req: Request<Incoming>) -> HttpResponse
     let result = match (req.method(), segments.as_slice()) {
         (&Method::GET, ["healthz"]) => Ok(text(StatusCode::OK, "text/plain", "ok\n")),
         (&Method::GET, ["readyz"]) => Ok(readyz(&scaler).await),
-        (&Method::GET, ["metrics"]) => Ok(metrics_response(&req, &scaler.metrics.render())),
+        (&Method::GET, ["metrics"]) => scaler
+            .config
+            .common
+            .operator()
+            .check(&req)
+            .map(|()| metrics_response(&req, &scaler.metrics.render())),
         (&Method::GET, ["openapi.json"]) => Ok(text(StatusCode::OK, "application/json", OPENAPI)),
         (&Method::POST, ["sessions"]) => post_session(&scaler, req, false).await,
         (&Method::POST, ["mandelbox", "assign"]) => post_session(&scaler, req, true).await,
@@ -411,7 +416,7 @@ struct RegionSummary {
 }
 
 async fn regions(scaler: &Scaler, req: &Request<Incoming>) -> Result<HttpResponse, ApiError> {
-    user(scaler, req).await?;
+    scaler.config.common.operator().check(req)?;
     let rows: Vec<RegionSummary> = sqlx::query_as(
         "SELECT r.name, r.enabled, r.target_free_slots, r.max_hosts, \
                 count(h.id) FILTER (WHERE h.status NOT IN ('TERMINATING', 'TERMINATED')) AS hosts, \

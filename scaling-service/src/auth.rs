@@ -31,6 +31,11 @@ pub enum AuthConfigError {
     Both,
     #[error("BERTH_AUTH_HS256_SECRET is too short ({0} bytes); use at least 32 random bytes")]
     WeakSecret(usize),
+    #[error("environment {environment:?} checks no {missing} of user tokens: set BERTH_AUTH_ISSUER and BERTH_AUTH_AUDIENCE to what your identity provider puts in its tokens (only development environments, BERTH_ENV=dev or dev-*, may leave them unset)")]
+    UncheckedClaims {
+        environment: String,
+        missing: &'static str,
+    },
 }
 
 #[derive(Debug, Deserialize)]
@@ -100,6 +105,22 @@ impl std::fmt::Debug for Authenticator {
 
 impl Authenticator {
     pub fn from_config(config: &Config) -> Result<Self, AuthConfigError> {
+        // A token minted for another application of the same identity
+        // provider must not open sessions here.
+        let missing = match (&config.auth_issuer, &config.auth_audience) {
+            (None, None) => Some("issuer and audience"),
+            (None, Some(_)) => Some("issuer"),
+            (Some(_), None) => Some("audience"),
+            (Some(_), Some(_)) => None,
+        };
+        if let Some(missing) = missing {
+            if !berth_common::config::is_development(&config.common.environment) {
+                return Err(AuthConfigError::UncheckedClaims {
+                    environment: config.common.environment.clone(),
+                    missing,
+                });
+            }
+        }
         let keys = match (&config.auth_jwks_url, &config.auth_hs256_secret) {
             (None, None) => return Err(AuthConfigError::None),
             (Some(_), Some(_)) => return Err(AuthConfigError::Both),

@@ -477,11 +477,25 @@ async fn every_bad_request_gets_its_typed_error_and_the_api_behaves() {
         (got, body["runtimes"][0]["name"].as_str()),
         (200, Some("desktop"))
     );
+    // Operator surfaces: a user's token or none is refused, the operator's works.
+    for (path, token) in [
+        ("/regions", Some(alice.as_str())),
+        ("/metrics", None),
+        ("/metrics", Some(alice.as_str())),
+    ] {
+        let (got, body) = call(&http, reqwest::Method::GET, &url(path), token, None).await;
+        assert_eq!(
+            (got, body["error"]["code"].as_str()),
+            (401, Some("OPERATOR_ONLY")),
+            "{path}"
+        );
+    }
+    let operator = berth_testing::OPERATOR_TOKEN.to_owned();
     let (got, body) = call(
         &http,
         reqwest::Method::GET,
         &url("/regions"),
-        Some(&alice),
+        Some(operator.as_str()),
         None,
     )
     .await;
@@ -491,6 +505,7 @@ async fn every_bad_request_gets_its_typed_error_and_the_api_behaves() {
     );
     let metrics = http
         .get(url("/metrics"))
+        .bearer_auth(&operator)
         .send()
         .await
         .unwrap()

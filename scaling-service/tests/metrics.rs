@@ -12,7 +12,9 @@ use support::*;
 const PROMETHEUS_ACCEPT: &str = "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
 
 async fn metrics(url: &str, accept: Option<&str>) -> (String, String) {
-    let mut req = reqwest::Client::new().get(url);
+    let mut req = reqwest::Client::new()
+        .get(url)
+        .bearer_auth(berth_testing::OPERATOR_TOKEN);
     if let Some(accept) = accept {
         req = req.header("accept", accept);
     }

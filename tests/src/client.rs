@@ -174,12 +174,14 @@ impl ScalerClient {
         .await
     }
 
-    pub async fn regions(&self) -> Result<Value, ClientError> {
+    /// The regions and their buffers: an operator surface, so it takes the
+    /// operator token rather than the user's.
+    pub async fn regions(&self, operator_token: &str) -> Result<Value, ClientError> {
         answer(
             "listing regions",
             self.http
                 .get(format!("{}/regions", self.base))
-                .bearer_auth(&self.token)
+                .bearer_auth(operator_token)
                 .send()
                 .await,
         )

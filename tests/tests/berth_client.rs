@@ -24,6 +24,7 @@ async fn an_unknown_region_fails_at_once_naming_the_known_ones() {
     let mut client = Command::new(env!("CARGO_BIN_EXE_berth-client"));
     client
         .args(["--scaler", &system.url, "--hs256-secret", SECRET])
+        .args(["--operator-token", berth_testing::OPERATOR_TOKEN])
         .args(["demo", "--region", "nowhere"]);
     // It used to wait --wait-secs (240 s by default) before giving up.
     let run = run_bounded(client, Duration::from_secs(20)).await;

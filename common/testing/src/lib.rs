@@ -8,6 +8,9 @@ use sqlx::PgPool;
 
 use berth_common::db;
 
+/// The operator token test services are started with (BERTH_OPERATOR_TOKEN).
+pub const OPERATOR_TOKEN: &str = "operator-token-of-the-test-services";
+
 pub fn database_url() -> String {
     std::env::var("DATABASE_URL").unwrap_or_else(|_| {
         panic!("DATABASE_URL must point at the test PostgreSQL; run scripts/test, which starts one")

@@ -45,7 +45,12 @@ async fn api(host: Arc<Host>, req: Request<Incoming>, segments: &[&str]) -> Http
     let result = match (req.method(), segments) {
         (&Method::GET, ["healthz"]) => Ok(text(StatusCode::OK, "text/plain", "ok\n")),
         (&Method::GET, ["readyz"]) => Ok(readyz(&host).await),
-        (&Method::GET, ["metrics"]) => Ok(metrics(&host, &req)),
+        (&Method::GET, ["metrics"]) => host
+            .config
+            .common
+            .operator()
+            .check(&req)
+            .map(|()| metrics(&host, &req)),
         (&Method::GET, ["openapi.json"]) => Ok(text(StatusCode::OK, "application/json", OPENAPI)),
         (&Method::PUT, ["json_transport"]) => json_transport(&host, req).await,
         (&Method::GET, ["sessions", id]) => session_status(&host, &req, id).await,

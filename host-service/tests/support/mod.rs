@@ -104,6 +104,8 @@ pub fn host_args(
         "2",
         "--uinput",
         "auto",
+        "--operator-token",
+        berth_testing::OPERATOR_TOKEN,
     ]
     .iter()
     .map(|s| s.to_string())

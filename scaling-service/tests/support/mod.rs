@@ -68,6 +68,8 @@ pub fn args(db: &TestDb, env: &str, extra: &[&str]) -> Vec<String> {
         AUDIENCE,
         "--auth-issuer",
         ISSUER,
+        "--operator-token",
+        berth_testing::OPERATOR_TOKEN,
         "--tick-secs",
         "1",
     ]

@@ -28,6 +28,15 @@ struct Cli {
     /// The user (`sub` of the token).
     #[arg(long, default_value = "demo-user")]
     user: String,
+    /// `iss` of the minted token: what the scaler requires (BERTH_AUTH_ISSUER).
+    #[arg(long, env = "BERTH_AUTH_ISSUER")]
+    issuer: Option<String>,
+    /// `aud` of the minted token: what the scaler requires (BERTH_AUTH_AUDIENCE).
+    #[arg(long, env = "BERTH_AUTH_AUDIENCE")]
+    audience: Option<String>,
+    /// The scaler's operator token, to watch the region's buffer (/regions).
+    #[arg(long, env = "BERTH_OPERATOR_TOKEN", hide_env_values = true)]
+    operator_token: String,
     #[command(subcommand)]
     command: Command,
 }
@@ -55,8 +64,8 @@ async fn demo(cli: &Cli, region: &str, runtime: &str, wait: Duration) -> anyhow:
     let token = dev_user_token(
         &cli.hs256_secret,
         &cli.user,
-        None,
-        None,
+        cli.audience.as_deref(),
+        cli.issuer.as_deref(),
         Duration::from_secs(3600),
     );
     let scaler = ScalerClient::new(&cli.scaler, &token);
@@ -65,7 +74,7 @@ async fn demo(cli: &Cli, region: &str, runtime: &str, wait: Duration) -> anyhow:
     let deadline = Instant::now() + wait;
     loop {
         let regions = scaler
-            .regions()
+            .regions(&cli.operator_token)
             .await
             .context("asking the scaler for its regions")?;
         let listed = regions["regions"].as_array().cloned().unwrap_or_default();

@@ -71,7 +71,8 @@ impl System {
         extra: &[&str],
     ) -> Self {
         let db = TestDb::new().await;
-        let env = format!("e{}", &uuid::Uuid::new_v4().simple().to_string()[..10]);
+        // A development environment: tokens are minted without issuer and audience.
+        let env = format!("dev-e{}", &uuid::Uuid::new_v4().simple().to_string()[..10]);
         let local_dir = std::env::temp_dir().join(format!("berth-e2e-{env}"));
         sqlx::query(
             "INSERT INTO runtimes (name, image, ports, readiness, needs_tty, memory_mib, idle_timeout_s) VALUES ('desktop', $1, \
@@ -114,6 +115,8 @@ impl System {
             &local_dir.display().to_string(),
             "--auth-hs256-secret",
             SECRET,
+            "--operator-token",
+            berth_testing::OPERATOR_TOKEN,
             "--tick-secs",
             "1",
             "--heartbeat-secs",
