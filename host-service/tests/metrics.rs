@@ -63,6 +63,17 @@ async fn metrics_are_classic_text_unless_openmetrics_is_preferred() {
     );
     assert!(body.ends_with("# EOF\n"), "{body}");
 
+    // An operator surface: no token, or any token but the operator's, is refused.
+    for token in [None, Some("a-session-or-user-token")] {
+        let mut req = th.client().get(th.url("/metrics"));
+        if let Some(token) = token {
+            req = req.bearer_auth(token);
+        }
+        let response = req.send().await.unwrap();
+        assert_eq!(response.status(), 401, "{token:?}");
+        let body: serde_json::Value = response.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "OPERATOR_ONLY");
+    }
     th.cleanup().await;
     db.drop_database().await;
 }

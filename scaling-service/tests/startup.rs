@@ -118,6 +118,45 @@ async fn migrate_false_never_serves_an_unmigrated_schema() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outside_development_tokens_must_name_their_issuer_and_audience() {
+    let db = TestDb::new().await;
+    let without = |env: &str, keep: &str| -> Vec<String> {
+        let mut argv = args(&db, env, &[]);
+        for flag in ["--auth-issuer", "--auth-audience"]
+            .iter()
+            .filter(|f| **f != keep)
+        {
+            let i = argv.iter().position(|a| a == flag).unwrap();
+            argv.drain(i..i + 2);
+        }
+        argv
+    };
+    for (keep, missing) in [("", "issuer and audience"), ("--auth-issuer", "audience")] {
+        let run = run_bounded(
+            scaling_service(&without("prod-eu", keep)),
+            Duration::from_secs(20),
+        )
+        .await;
+        assert_eq!(run.code, Some(78), "{run:?}");
+        let said = run.output();
+        assert!(
+            said.contains(&format!("checks no {missing}"))
+                && said.contains("BERTH_AUTH_ISSUER")
+                && said.contains("BERTH_AUTH_AUDIENCE"),
+            "{said}"
+        );
+    }
+    // A development environment may leave them unset.
+    let scaler = Running::start(without(&format!("dev-{}", env_name()), ""), &[]).await;
+    let ready = reqwest::get(format!("{}/readyz", scaler.url))
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), 200);
+    drop(scaler);
+    db.drop_database().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn migrate_takes_only_true_or_false() {
     let db = TestDb::new().await;
     let argv = args(&db, &env_name(), &["--migrate=no"]);
