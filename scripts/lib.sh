@@ -64,6 +64,14 @@ now_ms() {
 }
 
 # fmt_ms 1234 -> "1.234 s"
+# Unmounts (lazily, deepest first) every mount beneath DIR: a host's state dir
+# holds a tmpfs per session directory, which `rm -rf` cannot remove.
+unmount_beneath() {
+	local dir=${1%/}
+	awk -v d="$dir/" 'index($2, d) == 1 { print $2 }' /proc/self/mounts | sort -r |
+		while read -r mount; do umount -l "$mount" 2>/dev/null || true; done
+}
+
 fmt_ms() { printf '%d.%03d s' $(($1 / 1000)) $(($1 % 1000)); }
 
 # wait_until <seconds> <description> <command...>: poll every 0.1 s, bounded.

@@ -14,6 +14,7 @@ pub mod faults;
 pub mod http;
 pub mod ids;
 pub mod imds;
+pub mod mounts;
 pub mod operator;
 pub mod telemetry;
 pub mod tls;

@@ -456,6 +456,6 @@ async fn main() {
                 .output();
         }
     }
-    let _ = std::fs::remove_dir_all(&state);
+    berth_testing::remove_tree(&state);
     db.drop_database().await;
 }

@@ -112,6 +112,13 @@ pub struct Config {
     #[arg(long, env = "BERTH_DRAIN_DEADLINE_SECS", default_value_t = 3600)]
     pub drain_deadline_secs: u64,
 
+    /// Size cap, in MiB, of each directory a session can write on the host
+    /// (`/berth`, its sockets, `/var/log/berth`): each is a tmpfs of this size,
+    /// whose pages count against the session's memory limit. A session that
+    /// fills one gets ENOSPC; the host's disk and other sessions are untouched.
+    #[arg(long, env = "BERTH_SESSION_STORAGE_MIB", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=65536))]
+    pub session_storage_mib: u32,
+
     /// Seconds a container gets between SIGTERM and SIGKILL on teardown.
     #[arg(long, env = "BERTH_STOP_GRACE_SECS", default_value_t = 10)]
     pub stop_grace_secs: u32,

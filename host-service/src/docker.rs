@@ -9,8 +9,8 @@ use std::time::Duration;
 use berth_common::{HostId, SessionId};
 use bollard::errors::Error as BollardError;
 use bollard::models::{
-    ContainerCreateBody, ContainerSummary, EventMessage, HostConfig, PortBinding, RestartPolicy,
-    RestartPolicyNameEnum,
+    ContainerCreateBody, ContainerSummary, EventMessage, HostConfig, HostConfigLogConfig,
+    PortBinding, RestartPolicy, RestartPolicyNameEnum,
 };
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, EventsOptionsBuilder, ListContainersOptionsBuilder,
@@ -360,6 +360,14 @@ fn container_body(spec: &ContainerSpec<'_>) -> ContainerCreateBody {
         exposed_ports: Some(exposed),
         host_config: Some(HostConfig {
             network_mode: Some(rt.egress.network().name.to_owned()),
+            // What the app prints is rotated: at most 3 files of 10 MB.
+            log_config: Some(HostConfigLogConfig {
+                typ: Some("json-file".to_owned()),
+                config: Some(HashMap::from([
+                    ("max-size".to_owned(), "10m".to_owned()),
+                    ("max-file".to_owned(), "3".to_owned()),
+                ])),
+            }),
             port_bindings: Some(bindings),
             devices: Some(devices),
             device_cgroup_rules: Some(device_cgroup_rules),

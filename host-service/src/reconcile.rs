@@ -192,7 +192,7 @@ fn remove_stray_dirs(host: &Host) -> usize {
             let gone = if root == volumes {
                 crate::resources::volumes::remove_mount_point(&path).is_ok()
             } else {
-                std::fs::remove_dir_all(&path).is_ok()
+                crate::session::dir::remove_capped_dir(&path).is_ok()
             };
             removed += usize::from(gone);
         }

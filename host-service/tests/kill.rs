@@ -281,7 +281,7 @@ async fn crash_at(point: &'static str) -> Result<(), String> {
         settled
     };
     remove_host_containers(&host_id);
-    let _ = std::fs::remove_dir_all(&state_dir);
+    berth_testing::remove_tree(&state_dir);
     db.drop_database().await;
     result.map_err(|e| format!("{point}: {e}"))
 }
@@ -407,6 +407,6 @@ async fn a_restart_among_stray_containers_answers_without_waiting_for_each_to_st
     );
     drop(_restarted);
     remove_host_containers(&host_id);
-    let _ = std::fs::remove_dir_all(&state_dir);
+    berth_testing::remove_tree(&state_dir);
     db.drop_database().await;
 }

@@ -155,7 +155,7 @@ async fn sigterm_leaves_sessions_running_and_a_restart_adopts_them() {
 
     drop(child);
     remove_host_containers(&host_id);
-    let _ = std::fs::remove_dir_all(&state_dir);
+    berth_testing::remove_tree(&state_dir);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -105,3 +105,44 @@ async fn a_readiness_file_behind_a_link_is_not_ready() {
     );
     th.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_that_fills_its_storage_hurts_only_itself() {
+    let (db, th) = warm_host(2, &["--session-storage-mib", "4"]).await;
+    let (a, token_a) = allocate(&db.pool, &th.host_id, "filler").await;
+    assert_eq!(th.json_transport(&token_a, a, "{}").await.status(), 200);
+    let filler = format!("berth-{a}");
+    for dir in ["/berth", "/var/log/berth", "/tmp/sockets"] {
+        let fill = format!("dd if=/dev/zero of={dir}/fill bs=1M count=32 2>&1; echo rc=$?");
+        let (_, out) = docker_status(&["exec", &filler, "sh", "-c", &fill]);
+        let out = String::from_utf8_lossy(&out);
+        assert!(
+            out.contains("No space left on device") && !out.contains("rc=0"),
+            "writing 32 MiB into {dir} past its 4 MiB cap: {out}"
+        );
+    }
+
+    // The daemon's state dir still takes writes, and a neighbour starts.
+    std::fs::write(th.state_dir.join("still-writable"), b"yes").unwrap();
+    let (b, token_b) = allocate(&db.pool, &th.host_id, "neighbour").await;
+    let response = th.json_transport(&token_b, b, "{\"n\": 1}").await;
+    assert_eq!(response.status(), 200, "the neighbour's json_transport");
+    let (ok, config) = docker_status(&["exec", &format!("berth-{b}"), "cat", "/berth/config.json"]);
+    assert!(ok);
+    assert_eq!(config, b"{\"n\": 1}");
+
+    // Teardown takes the filled storage with it: no mount of A's is left.
+    assert_eq!(th.delete_session(&token_a, a).await.status(), 200);
+    eventually(
+        "A's storage to be unmounted",
+        Duration::from_secs(20),
+        || async {
+            !std::fs::read_to_string("/proc/self/mounts")
+                .unwrap()
+                .contains(&a.to_string())
+        },
+    )
+    .await;
+    th.cleanup().await;
+    db.drop_database().await;
+}

@@ -320,7 +320,7 @@ async fn starting_off_ec2_never_probes_instance_metadata() {
             "{what}: colour codes in a log that goes to a pipe:\n{output}"
         );
     }
-    let _ = std::fs::remove_dir_all(&local_dir);
+    berth_testing::remove_tree(&local_dir);
     let _ = std::fs::remove_file(&empty);
     db.drop_database().await;
 }

@@ -11,6 +11,13 @@ use berth_common::db;
 /// The operator token test services are started with (BERTH_OPERATOR_TOKEN).
 pub const OPERATOR_TOKEN: &str = "operator-token-of-the-test-services";
 
+/// Removes a directory tree a host used, unmounting first what is mounted
+/// beneath it (its sessions' storage).
+pub fn remove_tree(dir: &std::path::Path) {
+    berth_common::mounts::unmount_beneath(dir);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
 pub fn database_url() -> String {
     std::env::var("DATABASE_URL").unwrap_or_else(|_| {
         panic!("DATABASE_URL must point at the test PostgreSQL; run scripts/test, which starts one")

@@ -8,18 +8,24 @@ use std::path::{Component, Path, PathBuf};
 
 use berth_common::SessionId;
 
+use nix::errno::Errno;
+use nix::mount::{mount, umount2, MntFlags, MsFlags};
+
 use crate::config::Config;
 use crate::resources::volumes;
 
 /// `sessions/<id>` (mounted at /berth), `sockets/<id>` (at /tmp/sockets),
 /// `logs/<id>` (at /var/log/berth), and `volumes/<id>`, the mount point of
-/// the user's data for runtimes that have a user volume.
+/// the user's data for runtimes that have a user volume. The first three are
+/// the session's to write, so each is a tmpfs of `storage_mib`: filling one
+/// fails the session's own writes, never the host's disk.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SessionPaths {
     pub session: PathBuf,
     pub sockets: PathBuf,
     pub logs: PathBuf,
     pub volume: PathBuf,
+    storage_mib: u32,
 }
 
 pub const CONFIG_FILE: &str = "config.json";
@@ -32,6 +38,7 @@ impl SessionPaths {
             sockets: config.sockets_dir().join(&name),
             logs: config.logs_dir().join(&name),
             volume: config.volumes_dir().join(&name),
+            storage_mib: config.session_storage_mib,
         }
     }
 
@@ -42,8 +49,25 @@ impl SessionPaths {
     pub fn create(&self) -> io::Result<()> {
         for dir in [&self.session, &self.sockets, &self.logs] {
             fs::create_dir_all(dir)?;
-            // The container's app may run as any user; the state root (0700)
-            // is what keeps other host users out.
+            if !is_mount_point(dir)? {
+                // The container's app may run as any user; the state root
+                // (0700) is what keeps other host users out.
+                let options = format!("size={}m,mode=0755", self.storage_mib);
+                mount(
+                    Some("tmpfs"),
+                    dir.as_path(),
+                    Some("tmpfs"),
+                    MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+                    Some(options.as_str()),
+                )
+                .map_err(|e| {
+                    io::Error::other(format!(
+                        "mounting a {} MiB tmpfs on {}: {e}",
+                        self.storage_mib,
+                        dir.display()
+                    ))
+                })?;
+            }
             fs::set_permissions(dir, fs::Permissions::from_mode(0o755))?;
         }
         fs::create_dir_all(self.volume.parent().unwrap_or(&self.volume))?;
@@ -56,10 +80,7 @@ impl SessionPaths {
     pub fn remove(&self) -> io::Result<()> {
         volumes::remove_mount_point(&self.volume).map_err(io::Error::other)?;
         for dir in [&self.session, &self.sockets, &self.logs] {
-            match fs::remove_dir_all(dir) {
-                Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
-                _ => {}
-            }
+            remove_capped_dir(dir)?;
         }
         Ok(())
     }
@@ -69,6 +90,33 @@ impl SessionPaths {
             .iter()
             .any(|d| d.exists())
     }
+}
+
+/// Unmounts a session directory's tmpfs (if mounted) and removes the
+/// directory; a missing one is fine. The path is the daemon's own
+/// (`<state>/<kind>/<uuid>`): what the container planted inside goes with the
+/// tmpfs, and the unmount follows no link.
+pub fn remove_capped_dir(dir: &Path) -> io::Result<()> {
+    match umount2(dir, MntFlags::UMOUNT_NOFOLLOW) {
+        Ok(()) | Err(Errno::EINVAL) | Err(Errno::ENOENT) => {}
+        Err(e) => {
+            return Err(io::Error::other(format!(
+                "unmounting {}: {e}",
+                dir.display()
+            )))
+        }
+    }
+    match fs::remove_dir_all(dir) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}
+
+/// Whether `dir` is the root of a mount (its device differs from its parent's).
+fn is_mount_point(dir: &Path) -> io::Result<bool> {
+    use std::os::unix::fs::MetadataExt;
+    let parent = dir.parent().unwrap_or(dir);
+    Ok(fs::symlink_metadata(dir)?.dev() != fs::symlink_metadata(parent)?.dev())
 }
 
 /// A relative path that stays inside its directory: no `..`, no root, no

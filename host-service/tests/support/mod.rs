@@ -189,7 +189,7 @@ impl TestHost {
                 .stderr(std::process::Stdio::null())
                 .status();
         }
-        let _ = std::fs::remove_dir_all(&self.state_dir);
+        berth_testing::remove_tree(&self.state_dir);
     }
 }
 

@@ -238,7 +238,9 @@ impl LocalProvider {
         remove_containers(&record.id);
         // The host's log stays for whoever looks into what happened; its state
         // (keys, session directories) goes with the machine.
-        let _ = std::fs::remove_dir_all(self.instance_dir(&record.id).join("state"));
+        let state = self.instance_dir(&record.id).join("state");
+        berth_common::mounts::unmount_beneath(&state);
+        let _ = std::fs::remove_dir_all(state);
         record.terminated = true;
     }
 }
@@ -362,6 +364,7 @@ pub fn remove_all(dir: &Path, environment: &str) -> usize {
         if record.terminated {
             // Terminated before this clean-up (an earlier run): its record and
             // log have served their purpose and would otherwise pile up.
+            berth_common::mounts::unmount_beneath(&provider.instance_dir(&record.id));
             let _ = std::fs::remove_dir_all(provider.instance_dir(&record.id));
             let _ =
                 std::fs::remove_file(provider.records_dir().join(format!("{}.json", record.id)));

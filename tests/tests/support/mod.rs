@@ -269,7 +269,7 @@ impl System {
             service.stop().await;
         }
         scaling_service::provider::local::remove_all(&self.local_dir, &self.env);
-        let _ = std::fs::remove_dir_all(&self.local_dir);
+        berth_testing::remove_tree(&self.local_dir);
         self.db.drop_database().await;
     }
 }
