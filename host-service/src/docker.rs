@@ -317,15 +317,17 @@ fn container_body(spec: &ContainerSpec<'_>) -> ContainerCreateBody {
         .iter()
         .map(|m| (port_key(m), HashMap::new()))
         .collect();
+    // Only public ports are published; proxy-only ones are reached at the
+    // container's address by the daemon's proxy.
     let bindings = spec
         .ports
         .iter()
-        .map(|m| {
+        .filter_map(|m| {
             let binding = PortBinding {
                 host_ip: Some(spec.publish_ip.to_string()),
-                host_port: Some(m.host_port.to_string()),
+                host_port: Some(m.host_port?.to_string()),
             };
-            (port_key(m), Some(vec![binding]))
+            Some((port_key(m), Some(vec![binding])))
         })
         .collect();
     let (devices, device_cgroup_rules) = device_mappings(&SessionDevices {

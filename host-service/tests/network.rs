@@ -263,3 +263,43 @@ async fn a_session_reaches_nothing_but_itself_and_the_outside_its_runtime_allows
     th.cleanup().await;
     db.drop_database().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proxy_port_is_published_nowhere_and_served_through_the_proxy() {
+    let db = TestDb::new().await;
+    add_runtime(&db, RUNTIME, serde_json::json!({}), 10).await;
+    sqlx::query(
+        "UPDATE runtimes SET ports = '[{\"container_port\": 8080, \"protocol\": \"tcp\", \"exposure\": \"proxy\"}]' WHERE name = $1",
+    )
+    .bind(RUNTIME)
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let th = start_host(&db, HostArgs::default()).await;
+    wait_warm(&db, &th, 2).await;
+    let (id, token) = allocate(&db.pool, &th.host_id, "dora").await;
+    let response = th.json_transport(&token, id, "{\"hidden\": true}").await;
+    assert_eq!(response.status(), 200);
+    let answer: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(
+        answer["ports"],
+        serde_json::json!([{"container_port": 8080, "protocol": "tcp", "host_port": null, "exposure": "proxy"}])
+    );
+    let container = format!("berth-{id}");
+    assert_eq!(
+        docker(&["port", &container]).trim(),
+        "",
+        "a proxy port is published on no host port"
+    );
+    let through_proxy = th
+        .client()
+        .get(th.url(&format!("/sessions/{id}/proxy/8080/config.json")))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(through_proxy.status(), 200);
+    assert_eq!(through_proxy.text().await.unwrap(), "{\"hidden\": true}");
+    th.cleanup().await;
+    db.drop_database().await;
+}

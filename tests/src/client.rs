@@ -65,12 +65,21 @@ pub struct AssignedHost {
 pub struct Port {
     pub container_port: u16,
     pub protocol: String,
-    pub host_port: u16,
+    /// None for a proxy-only port (reached through the host's proxy).
+    pub host_port: Option<u16>,
 }
 
 impl Port {
     pub fn tcp(&self) -> bool {
         self.protocol == "tcp"
+    }
+
+    /// How the port is reached: `8080/tcp→20278`, or `8080/tcp→proxy`.
+    pub fn describe(&self) -> String {
+        match self.host_port {
+            Some(host_port) => format!("{}/{}→{host_port}", self.container_port, self.protocol),
+            None => format!("{}/{}→proxy", self.container_port, self.protocol),
+        }
     }
 }
 

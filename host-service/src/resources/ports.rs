@@ -25,24 +25,48 @@ impl Protocol {
     }
 }
 
+/// Who reaches a runtime's port.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Exposure {
+    /// Published on a host port, for clients that connect directly (the
+    /// streaming case).
+    #[default]
+    Public,
+    /// Not published at all: reachable only through the authenticated proxy.
+    Proxy,
+}
+
+impl Exposure {
+    fn is_public(&self) -> bool {
+        *self == Exposure::Public
+    }
+}
+
 /// A container port a runtime exposes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ContainerPort {
     pub container_port: u16,
     #[serde(default = "tcp")]
     pub protocol: Protocol,
+    #[serde(default)]
+    pub exposure: Exposure,
 }
 
 fn tcp() -> Protocol {
     Protocol::Tcp
 }
 
-/// One published port, as in the wire contract and the `berth.ports` label.
+/// One of a session's ports, as in the wire contract and the `berth.ports`
+/// label: a public port with its host port, or a proxy-only port with none
+/// (`"host_port": null, "exposure": "proxy"`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PortMapping {
     pub container_port: u16,
     pub protocol: Protocol,
-    pub host_port: u16,
+    pub host_port: Option<u16>,
+    #[serde(default, skip_serializing_if = "Exposure::is_public")]
+    pub exposure: Exposure,
 }
 
 #[derive(Debug)]
@@ -71,8 +95,8 @@ impl PortAllocator {
         }
     }
 
-    /// Host ports for all of `wanted`, or `None` (and nothing taken) when the
-    /// range cannot supply them all.
+    /// Host ports for all public ports of `wanted` (proxy-only ones get none),
+    /// or `None` (and nothing taken) when the range cannot supply them all.
     pub fn allocate(&mut self, wanted: &[ContainerPort]) -> Option<Vec<PortMapping>> {
         let (low, high) = (*self.range.start(), *self.range.end());
         let span = u32::from(high - low) + 1;
@@ -82,6 +106,15 @@ impl PortAllocator {
         let mut chosen: Vec<PortMapping> = Vec::with_capacity(wanted.len());
         let mut offset = 0;
         for want in wanted {
+            if want.exposure == Exposure::Proxy {
+                chosen.push(PortMapping {
+                    container_port: want.container_port,
+                    protocol: want.protocol,
+                    host_port: None,
+                    exposure: Exposure::Proxy,
+                });
+                continue;
+            }
             let host_port = loop {
                 if offset >= span {
                     return None;
@@ -89,7 +122,7 @@ impl PortAllocator {
                 let candidate = low + ((start + offset) % span) as u16;
                 offset += 1;
                 let free = !self.in_use.contains(&candidate)
-                    && !chosen.iter().any(|m| m.host_port == candidate)
+                    && !chosen.iter().any(|m| m.host_port == Some(candidate))
                     && (!self.probe_host || free_on_host(candidate, want.protocol));
                 if free {
                     break candidate;
@@ -98,28 +131,31 @@ impl PortAllocator {
             chosen.push(PortMapping {
                 container_port: want.container_port,
                 protocol: want.protocol,
-                host_port,
+                host_port: Some(host_port),
+                exposure: Exposure::Public,
             });
         }
-        self.in_use.extend(chosen.iter().map(|m| m.host_port));
+        self.in_use
+            .extend(chosen.iter().filter_map(|m| m.host_port));
         Some(chosen)
     }
 
     /// Marks ports taken (adopting a running session); false, with nothing
     /// taken, if any is outside the range or already taken.
     pub fn reserve(&mut self, mappings: &[PortMapping]) -> bool {
-        let ok = mappings
+        let published: Vec<u16> = mappings.iter().filter_map(|m| m.host_port).collect();
+        let ok = published
             .iter()
-            .all(|m| self.range.contains(&m.host_port) && !self.in_use.contains(&m.host_port));
+            .all(|p| self.range.contains(p) && !self.in_use.contains(p));
         if ok {
-            self.in_use.extend(mappings.iter().map(|m| m.host_port));
+            self.in_use.extend(published);
         }
         ok
     }
 
     pub fn release(&mut self, mappings: &[PortMapping]) {
-        for m in mappings {
-            self.in_use.remove(&m.host_port);
+        for port in mappings.iter().filter_map(|m| m.host_port) {
+            self.in_use.remove(&port);
         }
     }
 
@@ -146,6 +182,7 @@ mod tests {
             .map(|&p| ContainerPort {
                 container_port: p,
                 protocol: Protocol::Tcp,
+                exposure: Exposure::Public,
             })
             .collect()
     }
@@ -155,7 +192,7 @@ mod tests {
         let mut alloc = PortAllocator::without_host_probe(100..=109);
         let a = alloc.allocate(&ports(&[80, 443, 8080])).unwrap();
         let b = alloc.allocate(&ports(&[80, 443, 8080])).unwrap();
-        let mut all: Vec<u16> = a.iter().chain(&b).map(|m| m.host_port).collect();
+        let mut all: Vec<u16> = a.iter().chain(&b).filter_map(|m| m.host_port).collect();
         all.sort();
         all.dedup();
         assert_eq!(all.len(), 6);
@@ -174,7 +211,8 @@ mod tests {
         let m = |p| PortMapping {
             container_port: 1,
             protocol: Protocol::Tcp,
-            host_port: p,
+            host_port: Some(p),
+            exposure: Exposure::Public,
         };
         assert!(alloc.reserve(&[m(150), m(151)]));
         assert!(!alloc.reserve(&[m(152), m(151)]));
@@ -192,7 +230,10 @@ mod tests {
             "a port in use on the host is never handed out"
         );
         drop(held);
-        assert_eq!(alloc.allocate(&ports(&[80])).unwrap()[0].host_port, port);
+        assert_eq!(
+            alloc.allocate(&ports(&[80])).unwrap()[0].host_port,
+            Some(port)
+        );
     }
 
     #[test]
@@ -200,13 +241,36 @@ mod tests {
         let m = PortMapping {
             container_port: 8080,
             protocol: Protocol::Tcp,
-            host_port: 40123,
+            host_port: Some(40123),
+            exposure: Exposure::Public,
+        };
+        let public = r#"{"container_port":8080,"protocol":"tcp","host_port":40123}"#;
+        assert_eq!(serde_json::to_string(&m).unwrap(), public);
+        assert_eq!(serde_json::from_str::<PortMapping>(public).unwrap(), m);
+        let hidden = PortMapping {
+            host_port: None,
+            exposure: Exposure::Proxy,
+            ..m
         };
         assert_eq!(
-            serde_json::to_string(&m).unwrap(),
-            r#"{"container_port":8080,"protocol":"tcp","host_port":40123}"#
+            serde_json::to_string(&hidden).unwrap(),
+            r#"{"container_port":8080,"protocol":"tcp","host_port":null,"exposure":"proxy"}"#
         );
         let p: ContainerPort = serde_json::from_str(r#"{"container_port": 9000}"#).unwrap();
-        assert_eq!(p.protocol, Protocol::Tcp);
+        assert_eq!((p.protocol, p.exposure), (Protocol::Tcp, Exposure::Public));
+    }
+
+    #[test]
+    fn proxy_ports_take_no_host_port() {
+        let mut alloc = PortAllocator::without_host_probe(100..=100);
+        let mut wanted = ports(&[80, 443]);
+        wanted[1].exposure = Exposure::Proxy;
+        let got = alloc.allocate(&wanted).unwrap();
+        assert_eq!(got[0].host_port, Some(100));
+        assert_eq!((got[1].host_port, got[1].exposure), (None, Exposure::Proxy));
+        assert_eq!(alloc.in_use(), 1);
+        alloc.release(&got);
+        assert_eq!(alloc.in_use(), 0);
+        assert!(alloc.reserve(&got));
     }
 }

@@ -153,28 +153,25 @@ async fn demo(cli: &Cli, region: &str, runtime: &str, wait: Duration) -> anyhow:
         &format!(
             "json_transport over pinned HTTPS: app RUNNING in {} ms; ports {:?}",
             t.elapsed().as_millis(),
-            ports
-                .iter()
-                .map(|p| format!("{}/{}→{}", p.container_port, p.protocol, p.host_port))
-                .collect::<Vec<_>>()
+            ports.iter().map(|p| p.describe()).collect::<Vec<_>>()
         ),
     );
 
-    let port = ports
+    let host_port = ports
         .iter()
-        .find(|p| p.tcp())
-        .context("the session has no TCP port")?;
+        .filter(|p| p.tcp())
+        .find_map(|p| p.host_port)
+        .context("the session has no public TCP port to reach the app at")?;
     let ip = assigned.host.ip.as_deref().unwrap_or("127.0.0.1");
     let t = Instant::now();
-    let app = reqwest::get(format!("http://{ip}:{}/config.json", port.host_port))
+    let app = reqwest::get(format!("http://{ip}:{host_port}/config.json"))
         .await?
         .text()
         .await?;
     step(
         t0,
         &format!(
-            "the app answers through host port {} in {} ms: {app}",
-            port.host_port,
+            "the app answers through host port {host_port} in {} ms: {app}",
             t.elapsed().as_millis()
         ),
     );

@@ -326,5 +326,5 @@ pub async fn running_session(user: &ScalerClient, csid: &str) -> (Assigned, Stri
         .json_transport(&assigned.session_id, &token, &json!({"csid": csid}))
         .await
         .unwrap();
-    (assigned, token, ports[0].host_port)
+    (assigned, token, ports[0].host_port.expect("a public port"))
 }
