@@ -216,18 +216,29 @@ pub async fn process_host(capacity: u16) -> (TestDb, String, PathBuf, Vec<String
     (db, host_id, state_dir, argv)
 }
 
+/// Removes every container of a host. A daemon killed mid-create leaves
+/// requests Docker still completes, so removal repeats until the host has
+/// had no container for two looks 300 ms apart (at most 10 s).
 pub fn remove_host_containers(host_id: &str) {
-    let ids = docker(&[
-        "ps",
-        "-aq",
-        "--filter",
-        &format!("label=berth.host={host_id}"),
-    ]);
-    let ids: Vec<&str> = ids.split_whitespace().collect();
-    if !ids.is_empty() {
-        let mut argv = vec!["rm", "-f"];
-        argv.extend(ids);
-        docker(&argv);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let mut quiet_looks = 0;
+    while quiet_looks < 2 && std::time::Instant::now() < deadline {
+        let ids = docker(&[
+            "ps",
+            "-aq",
+            "--filter",
+            &format!("label=berth.host={host_id}"),
+        ]);
+        let ids: Vec<&str> = ids.split_whitespace().collect();
+        if ids.is_empty() {
+            quiet_looks += 1;
+        } else {
+            quiet_looks = 0;
+            let mut argv = vec!["rm", "-f"];
+            argv.extend(ids);
+            docker(&argv);
+        }
+        std::thread::sleep(Duration::from_millis(300));
     }
 }
 
