@@ -20,6 +20,7 @@ use bollard::query_parameters::{CreateContainerOptionsBuilder, RemoveContainerOp
 use clap::Parser;
 use host_service::config::Cli;
 use host_service::daemon;
+use host_service::isolation;
 use host_service::session::spawn::spawn_warm;
 use host_service::session::teardown::{teardown, Ending};
 
@@ -106,11 +107,16 @@ fn args(
     .collect()
 }
 
-async fn raw_docker_create_start(docker: &bollard::Docker) -> f64 {
+/// Raw create+start of the test image on `network` (None: Docker's default bridge).
+async fn raw_docker_create_start(docker: &bollard::Docker, network: Option<&str>) -> f64 {
     let name = format!("berth-bench-raw-{}", uuid::Uuid::new_v4().simple());
     let started = Instant::now();
     let body = ContainerCreateBody {
         image: Some(image()),
+        host_config: Some(bollard::models::HostConfig {
+            network_mode: network.map(str::to_owned),
+            ..Default::default()
+        }),
         ..Default::default()
     };
     let created = docker
@@ -344,16 +350,21 @@ async fn main() {
     // Let the daemon's own pool fill its one slot first, so it does not compete.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let docker = d.host.docker.client().clone();
-    let (mut raw, mut ours) = (vec![], vec![]);
+    // Baselines: raw Docker on the sessions' own network (what the daemon's
+    // overhead is measured against) and on the default bridge (what the
+    // isolated network itself costs).
+    let (mut raw, mut raw_default, mut ours) = (vec![], vec![], vec![]);
     for _ in 0..COLD_RUNS {
-        raw.push(raw_docker_create_start(&docker).await);
+        raw_default.push(raw_docker_create_start(&docker, None).await);
+        raw.push(raw_docker_create_start(&docker, Some(isolation::OPEN.name)).await);
         let started = Instant::now();
         let session = spawn_warm(&d.host).await.expect("spawn");
         ours.push(started.elapsed().as_secs_f64() * 1e3);
         teardown(&d.host, &session, &Ending::ended("benchmark")).await;
     }
     println!("== host-service benchmark (image {}) ==", image());
-    let (raw50, _) = summary("raw docker create+start", raw);
+    summary("raw docker create+start, default bridge", raw_default);
+    let (raw50, _) = summary("raw docker create+start, session network", raw);
     let (ours50, _) = summary("daemon cold spin-up (warm session ready)", ours);
     println!(
         "{:<44} {:.2}x  (target <= 1.10x)",
