@@ -24,14 +24,12 @@ pub fn database_url() -> String {
     })
 }
 
-/// A database of its own for one test; dropped with it (a test that fails
-/// half-way, or never calls [`TestDb::drop_database`], leaves none behind).
+/// A database of its own for one test.
 #[derive(Debug)]
 pub struct TestDb {
     pub url: String,
     pub pool: PgPool,
     pub name: String,
-    dropped: bool,
 }
 
 impl TestDb {
@@ -72,48 +70,20 @@ impl TestDb {
                 .await
                 .expect("migrating the test database");
         }
-        Self {
-            url,
-            pool,
-            name,
-            dropped: false,
-        }
+        Self { url, pool, name }
     }
 
-    /// Drops the database now (best effort).
-    pub async fn drop_database(mut self) {
+    /// Drops the database (best effort; CI machines are thrown away anyway).
+    pub async fn drop_database(self) {
         self.pool.close().await;
-        drop_named(&self.name).await;
-        self.dropped = true;
-    }
-}
-
-async fn drop_named(name: &str) {
-    if let Ok(admin) = db::connect(&database_url(), "berth-tests", 1).await {
-        let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+        if let Ok(admin) = db::connect(&database_url(), "berth-tests", 1).await {
+            let _ = sqlx::query(&format!(
+                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                self.name
+            ))
             .execute(&admin)
             .await;
-        admin.close().await;
-    }
-}
-
-impl Drop for TestDb {
-    fn drop(&mut self) {
-        if self.dropped {
-            return;
         }
-        // Drop may run inside the test's runtime, or while a panic unwinds:
-        // a thread of its own with a runtime of its own does the work.
-        let name = self.name.clone();
-        let _ = std::thread::spawn(move || {
-            if let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
-                runtime.block_on(drop_named(&name));
-            }
-        })
-        .join();
     }
 }
 
