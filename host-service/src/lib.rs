@@ -90,7 +90,8 @@ impl Error {
             | Error::Bind { .. }
             | Error::NoUserDataRoot(_)
             | Error::UserData(resources::volumes::VolumeError::NotADirectory(_))
-            | Error::StateDir { .. } => exit::CONFIG,
+            | Error::StateDir { .. }
+            | Error::Isolation(isolation::IsolationError::Misconfigured { .. }) => exit::CONFIG,
             // The host is over: nothing to restart.
             Error::Registry(R::Ended { .. }) => 0,
             _ => exit::RUNTIME,
