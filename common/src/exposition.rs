@@ -100,7 +100,7 @@ pub fn metrics_response<B>(req: &Request<B>, openmetrics: &str) -> HttpResponse 
 }
 
 /// A sample line's metric name: up to `{` or the first space.
-fn sample_name(line: &str) -> &str {
+pub fn sample_name(line: &str) -> &str {
     let end = line.find(['{', ' ']).unwrap_or(line.len());
     &line[..end]
 }

@@ -83,7 +83,7 @@ pub fn container_name(session: SessionId) -> String {
     format!("berth-{session}")
 }
 
-fn is_not_found(e: &BollardError) -> bool {
+pub(crate) fn is_not_found(e: &BollardError) -> bool {
     matches!(
         e,
         BollardError::DockerResponseServerError {

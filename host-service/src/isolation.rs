@@ -17,7 +17,7 @@ use serde::Deserialize;
 use tokio::io::AsyncWriteExt;
 use tokio::process::Command;
 
-use crate::docker::DockerEngine;
+use crate::docker::{is_not_found, DockerEngine};
 
 /// Where a session's traffic may go besides its own container.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
@@ -205,7 +205,7 @@ async fn ensure_network(
         .await
     {
         Ok(found) => return check_network(network, &found),
-        Err(e) if !is_status(&e, 404) => return Err(failed(e)),
+        Err(e) if !is_not_found(&e) => return Err(failed(e)),
         Err(_) => {}
     }
     let options = HashMap::from([
@@ -267,10 +267,6 @@ fn check_network(
         }),
         None => Ok(()),
     }
-}
-
-fn is_status(e: &BollardError, status: u16) -> bool {
-    matches!(e, BollardError::DockerResponseServerError { status_code, .. } if *status_code == status)
 }
 
 /// Runs `iptables` (or `iptables-restore` when `stdin` is given), bounded;

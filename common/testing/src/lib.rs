@@ -204,12 +204,6 @@ pub fn postgres_cluster(action: &str) -> Option<bool> {
     Some(status.success() || (action == "start" && status.code() == Some(2)))
 }
 
-/// A sample line's metric name (what precedes its labels or value).
-fn sample_name(line: &str) -> &str {
-    let end = line.find(['{', ' ']).unwrap_or(line.len());
-    &line[..end]
-}
-
 /// What `promtool check metrics` finds wrong with classic text, one message
 /// per problem (empty = clean): every sample belongs to a family with HELP
 /// and TYPE declared before it, counters end in `_total`, and nothing
@@ -237,7 +231,7 @@ pub fn classic_problems(text: &str) -> Vec<String> {
         } else if line.starts_with('#') {
             problems.push(format!("{line:?}: not a classic comment"));
         } else if !line.trim().is_empty() {
-            let name = sample_name(line);
+            let name = berth_common::exposition::sample_name(line);
             let family = types.keys().find(|family| {
                 name == family.as_str()
                     || (matches!(
