@@ -91,7 +91,10 @@ impl Error {
             | Error::NoUserDataRoot(_)
             | Error::UserData(resources::volumes::VolumeError::NotADirectory(_))
             | Error::StateDir { .. }
-            | Error::Isolation(isolation::IsolationError::Misconfigured { .. }) => exit::CONFIG,
+            | Error::Isolation(
+                isolation::IsolationError::Misconfigured { .. }
+                | isolation::IsolationError::NoDefaultBridge { .. },
+            ) => exit::CONFIG,
             // The host is over: nothing to restart.
             Error::Registry(R::Ended { .. }) => 0,
             _ => exit::RUNTIME,

@@ -244,7 +244,14 @@ async fn a_session_reaches_nothing_but_itself_and_the_outside_its_runtime_allows
     // start replaced them with the same set and added no second jump.
     let after = (iptables_list("BERTH-INPUT"), iptables_list("BERTH-FORWARD"));
     assert_eq!(before, after, "a restart changed or duplicated the rules");
-    for bridge in ["berth-open0", "berth-sealed0"] {
+    let default_bridge = docker(&[
+        "network",
+        "inspect",
+        "bridge",
+        "-f",
+        "{{index .Options \"com.docker.network.bridge.name\"}}",
+    ]);
+    for bridge in [default_bridge.trim(), "berth-sealed0"] {
         assert!(after.1.contains(&format!(
             "-A BERTH-FORWARD -d 169.254.0.0/16 -i {bridge} -j REJECT"
         )));
