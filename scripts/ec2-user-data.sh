@@ -1,7 +1,8 @@
 #!/bin/bash
 # EC2 user data for a Berth host (scaling-service: BERTH_USER_DATA_FILE). Before launch the
-# scaler replaces the two brace placeholders below with the host's region and environment name,
-# by plain text substitution: never write those placeholders anywhere else in this file.
+# scaler replaces the three brace placeholders below with the host's region, environment name and
+# its launch's one-use bootstrap token (for the control plane's host API), by plain text
+# substitution: never write those placeholders anywhere else in this file.
 #
 # The image (AMI) already holds /usr/local/bin/host-service, its systemd unit and the aws CLI.
 # The daemon reads its own identity from instance metadata; this script only writes the settings
@@ -13,6 +14,7 @@ set -euo pipefail
 
 REGION='{region}'
 BERTH_ENV_NAME='{env}'
+BERTH_HOST_TOKEN='{bootstrap_token}'
 ENV_FILE=/etc/berth/host-service.env
 
 die() {
@@ -57,6 +59,7 @@ tmp="$(mktemp "$ENV_FILE.XXXXXX")"
 {
 	echo "BERTH_ENV='$BERTH_ENV_NAME'"
 	echo "DATABASE_URL='$database_url'"
+	echo "BERTH_HOST_TOKEN='$BERTH_HOST_TOKEN'"
 	if [ -n "$sentry_dsn" ]; then echo "SENTRY_DSN='$sentry_dsn'"; fi
 } >"$tmp"
 mv -f "$tmp" "$ENV_FILE"

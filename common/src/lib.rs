@@ -11,6 +11,7 @@ pub mod db;
 pub mod entry;
 pub mod exposition;
 pub mod faults;
+pub mod host_api;
 pub mod http;
 pub mod ids;
 pub mod imds;

@@ -1,12 +1,16 @@
 //! The scaler's HTTP API (plain HTTP behind the platform's TLS, on $PORT):
 //! assign, the caller's sessions, runtimes, regions, health and metrics.
 
+use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use berth_common::exposition::metrics_response;
 use berth_common::http::{bearer, json, read_body, text, ApiError, HttpResponse};
-use http::{Method, Request, StatusCode};
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use serde::Deserialize;
 use serde_json::json;
@@ -34,18 +38,28 @@ pub async fn serve(scaler: Arc<Scaler>, listener: TcpListener) {
     .await;
 }
 
-pub async fn handle(scaler: Arc<Scaler>, req: Request<Incoming>) -> HttpResponse {
+/// Responses are whole, but for the host watch stream.
+pub type ApiBody = UnsyncBoxBody<Bytes, Infallible>;
+
+pub(crate) fn boxed(response: HttpResponse) -> Response<ApiBody> {
+    response.map(BodyExt::boxed_unsync)
+}
+
+pub async fn handle(scaler: Arc<Scaler>, req: Request<Incoming>) -> Response<ApiBody> {
     let path = req.uri().path().to_owned();
     let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    if let ["v1", "host", rest @ ..] = segments.as_slice() {
+        return crate::host_api::handle(&scaler, req, rest)
+            .await
+            .unwrap_or_else(|e| boxed(e.into_response()));
+    }
     let result = match (req.method(), segments.as_slice()) {
         (&Method::GET, ["healthz"]) => Ok(text(StatusCode::OK, "text/plain", "ok\n")),
         (&Method::GET, ["readyz"]) => Ok(readyz(&scaler).await),
-        (&Method::GET, ["metrics"]) => scaler
-            .config
-            .common
-            .operator()
-            .check(&req)
-            .map(|()| metrics_response(&req, &scaler.metrics.render())),
+        (&Method::GET, ["metrics"]) => scaler.config.common.operator().check(&req).map(|()| {
+            scaler.metrics.host_streams.set(scaler.hub.streams() as i64);
+            metrics_response(&req, &scaler.metrics.render())
+        }),
         (&Method::GET, ["openapi.json"]) => Ok(text(StatusCode::OK, "application/json", OPENAPI)),
         (&Method::POST, ["sessions"]) => post_session(&scaler, req, false).await,
         (&Method::POST, ["mandelbox", "assign"]) => post_session(&scaler, req, true).await,
@@ -62,7 +76,7 @@ pub async fn handle(scaler: Arc<Scaler>, req: Request<Incoming>) -> HttpResponse
         (_, ["mandelbox", "assign"]) => Err(ApiError::method_not_allowed("POST")),
         _ => Err(ApiError::not_found()),
     };
-    result.unwrap_or_else(ApiError::into_response)
+    boxed(result.unwrap_or_else(ApiError::into_response))
 }
 
 async fn readyz(scaler: &Scaler) -> HttpResponse {

@@ -48,6 +48,24 @@ pub enum Command {
     },
     /// Local provider: stop every local host of this environment and remove its containers.
     LocalCleanup,
+    /// Print a one-use bootstrap token for a host started by hand (its row is
+    /// created PRE_CONNECTION, or re-armed): give it to that host-service as
+    /// BERTH_HOST_TOKEN. It is spent at the host's first registration and
+    /// expires after the registration timeout.
+    HostToken {
+        /// The host's id (what host-service --local-host-id says).
+        #[arg(long)]
+        host_id: String,
+        #[arg(long)]
+        region: String,
+        /// Sessions the host runs at once.
+        #[arg(long, value_parser = clap::value_parser!(i32).range(1..=1000))]
+        capacity: i32,
+        #[arg(long, default_value = "local")]
+        image_id: String,
+        #[arg(long, default_value = "local")]
+        instance_type: String,
+    },
 }
 
 #[derive(Debug, Clone, clap::Args)]

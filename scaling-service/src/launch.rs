@@ -2,10 +2,13 @@
 //! cloud is called, so a crash at any point leaves something the next pass can
 //! finish — and in-flight launches count against `max_hosts` until resolved.
 
+use berth_common::auth::new_session_token;
 use berth_common::db::DbError;
 use uuid::Uuid;
 
-use crate::provider::{tags, CloudInstance, LaunchRequest, LaunchedInstance, ProviderError};
+use crate::provider::{
+    tags, BootstrapToken, CloudInstance, LaunchRequest, LaunchedInstance, ProviderError,
+};
 use crate::scaler::Scaler;
 use crate::state::{self, RegionRow, StateError};
 
@@ -61,6 +64,17 @@ async fn call_provider(
     count: i32,
 ) -> Result<(), StateError> {
     let env = &scaler.config.common.environment;
+    // Armed before the cloud is called: an instance may boot and register
+    // before RunInstances has even answered.
+    let bootstrap = new_session_token();
+    crate::host_api::identity::arm_launch(
+        &scaler.db,
+        launch_id,
+        &bootstrap.sha256_hex,
+        scaler.config.registration_timeout_secs,
+    )
+    .await
+    .map_err(DbError::query("arming a launch's bootstrap token"))?;
     let request = LaunchRequest {
         launch_id,
         region: region.name.clone(),
@@ -77,7 +91,8 @@ async fn call_provider(
             ),
             ("Name".to_owned(), format!("berth-{env}-host")),
         ],
-        user_data: user_data(scaler, &region.name),
+        user_data: user_data(scaler, &region.name, &bootstrap.token),
+        bootstrap_token: BootstrapToken(bootstrap.token.clone()),
         subnets: region.subnets(),
         security_groups: region.security_groups(),
         iam_instance_profile: region.iam_instance_profile.clone(),
@@ -121,12 +136,14 @@ async fn call_provider(
     }
 }
 
-fn user_data(scaler: &Scaler, region: &str) -> Option<String> {
+/// The user data file with `{region}`, `{env}` and `{bootstrap_token}` filled in.
+fn user_data(scaler: &Scaler, region: &str, bootstrap_token: &str) -> Option<String> {
     let path = scaler.config.user_data_file.as_ref()?;
     match std::fs::read_to_string(path) {
         Ok(text) => Some(
             text.replace("{region}", region)
-                .replace("{env}", &scaler.config.common.environment),
+                .replace("{env}", &scaler.config.common.environment)
+                .replace("{bootstrap_token}", bootstrap_token),
         ),
         Err(error) => {
             tracing::error!(path = %path.display(), %error, "cannot read BERTH_USER_DATA_FILE; launching without user data");

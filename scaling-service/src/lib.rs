@@ -10,6 +10,7 @@ pub mod controller;
 pub mod deploy;
 pub mod evidence;
 pub mod faults;
+pub mod host_api;
 pub mod launch;
 pub mod metrics;
 pub mod policy;
@@ -29,6 +30,10 @@ pub enum Error {
     AuthConfig(#[from] auth::AuthConfigError),
     #[error(transparent)]
     Deploy(#[from] deploy::DeployError),
+    #[error("invalid host id: {0}")]
+    HostId(#[source] berth_common::ids::InvalidHostId),
+    #[error(transparent)]
+    HostToken(#[from] host_api::identity::IssueError),
     #[error("the local provider cannot start: {0}")]
     LocalProvider(#[from] provider::ProviderError),
     #[error("reading BERTH_USER_DATA_FILE {path}: {source}; new hosts could not boot without it")]
@@ -52,7 +57,9 @@ impl Error {
             Error::AuthConfig(_)
             | Error::Bind { .. }
             | Error::LocalProvider(_)
-            | Error::UserData { .. } => exit::CONFIG,
+            | Error::UserData { .. }
+            | Error::HostId(_)
+            | Error::HostToken(host_api::identity::IssueError::Conflict(_)) => exit::CONFIG,
             _ => exit::RUNTIME,
         }
     }

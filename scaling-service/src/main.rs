@@ -3,8 +3,10 @@
 
 use std::process::ExitCode;
 
+use berth_common::HostId;
 use berth_common::{db, entry};
 use scaling_service::config::{Cli, Command};
+use scaling_service::host_api::identity::{issue_for_host, HandStartedHost};
 use scaling_service::{deploy, service, Error};
 
 fn main() -> ExitCode {
@@ -54,6 +56,34 @@ fn main() -> ExitCode {
                 println!(
                     "stopped {removed} local hosts of environment {}",
                     config.common.environment
+                );
+                Ok(())
+            }
+            Some(Command::HostToken {
+                host_id,
+                region,
+                capacity,
+                image_id,
+                instance_type,
+            }) => {
+                let pool =
+                    db::connect(&config.common.database_url, "scaling-service host-token", 1)
+                        .await?;
+                db::prepare_schema(&pool, config.common.migrate).await?;
+                let host = HandStartedHost {
+                    id: HostId::parse(host_id).map_err(Error::HostId)?,
+                    region,
+                    image_id,
+                    instance_type,
+                    capacity,
+                };
+                let token =
+                    issue_for_host(&pool, &host, config.registration_timeout_secs).await?;
+                // The token alone on stdout, so a script can capture it.
+                println!("{token}");
+                eprintln!(
+                    "host {}: bootstrap token valid for {} s; start its host-service with BERTH_HOST_TOKEN set to it",
+                    host.id, config.registration_timeout_secs
                 );
                 Ok(())
             }

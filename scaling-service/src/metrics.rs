@@ -22,6 +22,8 @@ pub struct Metrics {
     /// Per region: 1 while so many hosts are silent together that none is
     /// terminated for silence.
     pub mass_silence: Family<Vec<(String, String)>, Gauge>,
+    /// Host watch streams this replica holds (set when rendered).
+    pub host_streams: Gauge,
 }
 
 impl Default for Metrics {
@@ -43,6 +45,7 @@ impl Metrics {
             passes: Counter::default(),
             silent_hosts: Family::default(),
             mass_silence: Family::default(),
+            host_streams: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register("assigns", "Sessions assigned", m.assigns.clone());
@@ -77,6 +80,11 @@ impl Metrics {
             "mass_silence_suspected",
             "1 while a region has too many silent hosts at once to terminate any for silence",
             m.mass_silence.clone(),
+        );
+        registry.register(
+            "host_streams",
+            "Host watch streams this replica holds",
+            m.host_streams.clone(),
         );
         Self { registry, ..m }
     }

@@ -13,6 +13,8 @@ use crate::assign::{assign, AssignError, AssignRequest, Assigned};
 use crate::auth::Authenticator;
 use crate::config::Config;
 use crate::evidence::{Evidence, Silence};
+use crate::host_api::heartbeats::HeartbeatBatch;
+use crate::host_api::watch::Hub;
 use crate::metrics::Metrics;
 use crate::policy::Policy;
 use crate::provider::Provider;
@@ -37,6 +39,10 @@ pub struct Scaler {
     launching: Mutex<HashSet<Uuid>>,
     /// Admission control for assigns (BERTH_ASSIGN_CONCURRENCY).
     assign_permits: tokio::sync::Semaphore,
+    /// The host watch streams this replica holds.
+    pub(crate) hub: Arc<Hub>,
+    /// Heartbeats waiting for the next batched write.
+    pub(crate) heartbeats: HeartbeatBatch,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -64,6 +70,8 @@ impl Scaler {
             controllers: Mutex::new(HashMap::new()),
             launching: Mutex::new(HashSet::new()),
             assign_permits: tokio::sync::Semaphore::new(config.assign_concurrency as usize),
+            hub: Arc::new(Hub::default()),
+            heartbeats: HeartbeatBatch::default(),
             config,
         }
     }

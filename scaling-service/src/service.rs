@@ -15,7 +15,7 @@ use crate::provider::aws::AwsProvider;
 use crate::provider::local::{LocalProvider, LocalSettings};
 use crate::provider::Provider;
 use crate::scaler::Scaler;
-use crate::{api, controller, Error};
+use crate::{api, controller, host_api, Error};
 
 #[derive(Debug)]
 pub struct Service {
@@ -69,6 +69,10 @@ pub async fn start_with_provider(
     ));
     scaler.tasks.spawn(api::serve(scaler.clone(), listener));
     scaler.tasks.spawn(controller::supervise(scaler.clone()));
+    scaler.tasks.spawn(host_api::watch::run(scaler.clone()));
+    scaler
+        .tasks
+        .spawn(host_api::heartbeats::run(scaler.clone()));
     scaler.tasks.spawn(crate::evidence::watch_database(
         scaler.evidence.clone(),
         scaler.db.clone(),

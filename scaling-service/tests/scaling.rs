@@ -243,6 +243,7 @@ async fn an_instance_unknown_to_the_database_is_terminated_by_the_sweep() {
             (tags::REGION.into(), REGION.into()),
         ],
         user_data: None,
+        bootstrap_token: Default::default(),
         subnets: vec![],
         security_groups: vec![],
         iam_instance_profile: None,

@@ -177,6 +177,7 @@ impl LocalProvider {
             .env_clear()
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
             .env("RUST_LOG", &s.log_filter)
+            .env("BERTH_HOST_TOKEN", &request.bootstrap_token.0)
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log2);

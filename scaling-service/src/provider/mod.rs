@@ -29,6 +29,17 @@ pub enum Selector {
     Tags(BTreeMap<String, String>),
 }
 
+/// A launch's one-use bootstrap token (see `host_api::identity`); never
+/// printed.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct BootstrapToken(pub String);
+
+impl std::fmt::Debug for BootstrapToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("BootstrapToken(<redacted>)")
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct LaunchRequest {
     pub launch_id: Uuid,
@@ -39,6 +50,9 @@ pub struct LaunchRequest {
     pub count: i32,
     pub tags: Vec<(String, String)>,
     pub user_data: Option<String>,
+    /// Handed to the instances (in the user data, or the local host's
+    /// environment) so they can register with the host API.
+    pub bootstrap_token: BootstrapToken,
     pub subnets: Vec<Selector>,
     pub security_groups: Vec<Selector>,
     pub iam_instance_profile: Option<String>,

@@ -1,0 +1,194 @@
+//! The host API's wire types (`/v1/host/…`): what a host and the control
+//! plane say to each other, defined once for the side that serves them and
+//! the side that calls them.
+
+use std::net::IpAddr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::{HostId, HostStatus, SessionId, SessionOutcome, SessionStatus};
+
+/// Where the host API lives on the control plane's listener.
+pub const PREFIX: &str = "/v1/host";
+
+/// `POST /v1/host/register`, with the bootstrap token (first time) or the
+/// host credential (a restart) as the bearer token: the host's facts.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RegisterRequest {
+    pub host_id: HostId,
+    pub region: String,
+    pub image_id: String,
+    pub instance_type: String,
+    pub public_ip: Option<IpAddr>,
+    pub private_ip: Option<IpAddr>,
+    pub api_port: u16,
+    pub cert_sha256: String,
+    pub version: String,
+}
+
+#[derive(Clone, Serialize, Deserialize)]
+pub struct RegisterResponse {
+    /// ACTIVE, or DRAINING when the host was told to drain before it came up.
+    pub status: HostStatus,
+    pub capacity: i32,
+    /// The host credential, only when a bootstrap token was spent: the host
+    /// keeps it (0600) and presents it on every later call.
+    pub credential: Option<String>,
+}
+
+impl std::fmt::Debug for RegisterResponse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RegisterResponse")
+            .field("status", &self.status)
+            .field("capacity", &self.capacity)
+            .field(
+                "credential",
+                &self.credential.as_ref().map(|_| "<redacted>"),
+            )
+            .finish()
+    }
+}
+
+/// `POST /v1/host/heartbeat`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Heartbeat {
+    pub load_average: Option<f32>,
+    pub session_count: i32,
+}
+
+/// The host's row as it concerns the host (`GET /v1/host/status`, and the
+/// answer to a heartbeat).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostState {
+    pub status: HostStatus,
+    pub free_slots: i32,
+}
+
+/// `POST /v1/host/sessions`: a warm session the host created.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct WarmSession {
+    pub id: SessionId,
+    pub runtime: String,
+    pub container_id: String,
+    pub tty: Option<i32>,
+    /// The session's port mappings as the host describes them to clients.
+    pub ports: serde_json::Value,
+}
+
+/// `POST /v1/host/sessions/{id}/claim`: with a hash, only an allocation made
+/// for that token is claimed.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClaimRequest {
+    pub token_sha256: Option<String>,
+}
+
+/// A session as the host must know it: its state and, once allocated, its
+/// owner and the SHA-256 of the owner's current token.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionState {
+    pub id: SessionId,
+    pub status: SessionStatus,
+    pub user_id: Option<String>,
+    pub token_sha256: Option<String>,
+}
+
+/// `POST /v1/host/sessions/{id}/running`: the init answer sealed for the
+/// owner (base64), if the runtime has an init call.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Running {
+    pub init_sealed: Option<String>,
+}
+
+/// `GET /v1/host/sessions/{id}/init`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SealedInit {
+    pub init_sealed: Option<String>,
+}
+
+/// `POST /v1/host/sessions/{id}/dying`: the session is being torn down; the
+/// first cause recorded wins.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Dying {
+    pub outcome: SessionOutcome,
+    pub reason: String,
+}
+
+/// `POST /v1/host/sessions/retire`: warm sessions to end; answered with those
+/// still WAITING (an allocated one is its user's now).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionIds {
+    pub ids: Vec<SessionId>,
+}
+
+/// `POST /v1/host/drain`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DrainRequest {
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DrainResponse {
+    /// Whether this call moved the host to DRAINING.
+    pub moved: bool,
+}
+
+/// `POST /v1/host/death`: why the daemon is dying, for operators.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeathNotice {
+    pub reason: String,
+}
+
+/// A runtime's row (`GET /v1/host/runtimes/{name}`), for the host to check
+/// and turn into its own settings.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RuntimeRow {
+    pub name: String,
+    pub image: String,
+    pub ports: serde_json::Value,
+    pub env: serde_json::Value,
+    pub memory_mib: i32,
+    pub cpu_shares: i32,
+    pub shm_mib: i32,
+    pub needs_tty: bool,
+    pub needs_uinput: bool,
+    pub readiness: serde_json::Value,
+    pub ready_timeout_s: i32,
+    pub idle_timeout_s: Option<i32>,
+    pub init: Option<serde_json::Value>,
+    pub user_volume: Option<serde_json::Value>,
+    pub egress: String,
+}
+
+/// What `GET /v1/host/watch` streams (server-sent events, `event:` the kind,
+/// `data:` this as JSON). The first event is always a snapshot; a host
+/// re-syncs from it on every (re)connect.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum WatchEvent {
+    /// Everything the host must act on, as the database has it now.
+    Snapshot {
+        host: HostState,
+        sessions: Vec<SessionState>,
+    },
+    /// A session was allocated, its token re-issued, or it must end.
+    Session(SessionState),
+    /// A session's row is gone.
+    SessionDeleted { id: SessionId },
+    /// The host's status moved (DRAINING, TERMINATING…); `None`: its row is gone.
+    Host { status: Option<HostStatus> },
+    /// A runtime's settings changed: re-read it.
+    Runtime { name: String },
+}
+
+impl WatchEvent {
+    /// The SSE event name.
+    pub fn name(&self) -> &'static str {
+        match self {
+            WatchEvent::Snapshot { .. } => "snapshot",
+            WatchEvent::Session(_) => "session",
+            WatchEvent::SessionDeleted { .. } => "session_deleted",
+            WatchEvent::Host { .. } => "host",
+            WatchEvent::Runtime { .. } => "runtime",
+        }
+    }
+}

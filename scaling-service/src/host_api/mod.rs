@@ -1,0 +1,108 @@
+//! The host API (`/v1/host/…`): the only way hosts reach the fleet's state.
+//! A host registers once with the bootstrap token its launch gave it and
+//! from then on presents its host credential; every call acts only on that
+//! host's row and that host's sessions, and only along the state machine.
+//! Desired state is pushed down `GET /v1/host/watch`; everything a host
+//! reports is an idempotent call backed by one guarded statement.
+
+pub(crate) mod heartbeats;
+pub mod identity;
+mod reports;
+pub(crate) mod watch;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use berth_common::auth::token_sha256_hex;
+use berth_common::http::{bearer, read_body, ApiError, HttpResponse};
+use berth_common::{HostId, HostStatus};
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+
+use crate::api::ApiBody;
+use crate::scaler::Scaler;
+
+const BODY_TIMEOUT: Duration = Duration::from_secs(15);
+/// Host reports are small; a session's port list is the largest.
+const BODY_LIMIT: usize = 64 * 1024;
+
+/// The host a credential belongs to, and its row's status when the call came.
+#[derive(Debug, Clone)]
+pub(crate) struct CallingHost {
+    pub id: HostId,
+    pub status: HostStatus,
+}
+
+/// Routes `/v1/host/<rest>`.
+pub(crate) async fn handle(
+    scaler: &Arc<Scaler>,
+    req: Request<Incoming>,
+    rest: &[&str],
+) -> Result<Response<ApiBody>, ApiError> {
+    let full = |r: Result<HttpResponse, ApiError>| r.map(crate::api::boxed);
+    match (req.method().clone(), rest) {
+        (Method::POST, ["register"]) => full(identity::register(scaler, req).await),
+        (Method::GET, ["watch"]) => {
+            let host = authenticate(scaler, &req).await?;
+            watch::stream(scaler, host).await
+        }
+        (method, rest) => {
+            let host = authenticate(scaler, &req).await?;
+            full(reports::handle(scaler, &host, method, rest, req).await)
+        }
+    }
+}
+
+/// The calling host, from its credential: 401 without one or with one no
+/// host holds.
+pub(crate) async fn authenticate(
+    scaler: &Scaler,
+    req: &Request<Incoming>,
+) -> Result<CallingHost, ApiError> {
+    let credential = bearer(req).map_err(|_| not_a_host())?;
+    let found: Option<(HostId, HostStatus)> =
+        sqlx::query_as("SELECT id, status FROM hosts WHERE credential_sha256 = $1")
+            .bind(token_sha256_hex(&credential))
+            .fetch_optional(&scaler.db)
+            .await
+            .map_err(|e| database_error("checking a host credential", e))?;
+    let (id, status) = found.ok_or_else(not_a_host)?;
+    Ok(CallingHost { id, status })
+}
+
+fn not_a_host() -> ApiError {
+    ApiError::new(
+        StatusCode::UNAUTHORIZED,
+        "NOT_A_HOST",
+        "the host API needs the host credential that registration returned (Authorization: Bearer …)",
+    )
+}
+
+/// The database's words stay in the log; the host is told to retry.
+pub(crate) fn database_error(doing: &'static str, error: sqlx::Error) -> ApiError {
+    tracing::error!(%error, doing, "host API database call failed");
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "DATABASE_UNAVAILABLE",
+        format!("the control plane could not finish {doing} just now; retry"),
+    )
+}
+
+/// A JSON body of type `T`, or a 400 that says what was expected.
+pub(crate) async fn body<T: serde::de::DeserializeOwned>(
+    req: Request<Incoming>,
+) -> Result<T, ApiError> {
+    let bytes: Bytes = read_body(req, BODY_LIMIT, BODY_TIMEOUT).await?;
+    serde_json::from_slice(&bytes).map_err(|e| {
+        ApiError::bad_request(format!(
+            "malformed body: {e}; see /openapi.json for the host API"
+        ))
+    })
+}
+
+/// 409 with a code: the call is well formed but the row is not in a state
+/// that allows it (a retried report whose work is done gets 200 instead).
+pub(crate) fn conflict(code: &'static str, message: impl Into<String>) -> ApiError {
+    ApiError::new(StatusCode::CONFLICT, code, message)
+}
