@@ -58,7 +58,7 @@ pub struct Heartbeat {
 
 /// The host's row as it concerns the host (`GET /v1/host/status`, and the
 /// answer to a heartbeat).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, sqlx::FromRow)]
 pub struct HostState {
     pub status: HostStatus,
     pub free_slots: i32,
@@ -84,7 +84,7 @@ pub struct ClaimRequest {
 
 /// A session as the host must know it: its state and, once allocated, its
 /// owner and the SHA-256 of the owner's current token.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, sqlx::FromRow)]
 pub struct SessionState {
     pub id: SessionId,
     pub status: SessionStatus,
@@ -140,7 +140,7 @@ pub struct DeathNotice {
 
 /// A runtime's row (`GET /v1/host/runtimes/{name}`), for the host to check
 /// and turn into its own settings.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, sqlx::FromRow)]
 pub struct RuntimeRow {
     pub name: String,
     pub image: String,

@@ -23,17 +23,10 @@ const ROW_GRACE: Duration = Duration::from_secs(30);
 
 pub async fn run(host: Arc<Host>) {
     let channel = host.id.channel();
-    let mut listener = loop {
-        match HintListener::connect(&host.db, &[&channel, "config"]).await {
-            Ok(listener) => break listener,
-            Err(error) => {
-                tracing::warn!(%error, "cannot LISTEN yet; retrying");
-                tokio::select! {
-                    _ = host.stop.cancelled() => return,
-                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                }
-            }
-        }
+    let Some(mut listener) =
+        HintListener::connect_until_stopped(&host.db, &[&channel, "config"], &host.stop).await
+    else {
+        return;
     };
     // Hints can be lost and repairs can fail (Docker away): re-read the rows
     // now and then even when nothing is heard.

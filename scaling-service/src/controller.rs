@@ -5,7 +5,6 @@
 //! truth and decides once.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use berth_common::db::{DbError, Hint, HintListener};
 use sqlx::pool::PoolConnection;
@@ -19,17 +18,10 @@ use crate::{deploy, launch, sweeps};
 
 /// Watches `regions` and keeps one controller per enabled region; routes hints.
 pub async fn supervise(scaler: Arc<Scaler>) {
-    let mut listener = loop {
-        match HintListener::connect(&scaler.db, &["scaling", "config"]).await {
-            Ok(l) => break l,
-            Err(error) => {
-                tracing::warn!(%error, "cannot LISTEN yet; retrying");
-                tokio::select! {
-                    _ = scaler.stop.cancelled() => return,
-                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                }
-            }
-        }
+    let Some(mut listener) =
+        HintListener::connect_until_stopped(&scaler.db, &["scaling", "config"], &scaler.stop).await
+    else {
+        return;
     };
     loop {
         let hint = tokio::select! {

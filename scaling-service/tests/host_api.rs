@@ -8,12 +8,8 @@ mod support;
 use std::time::Duration;
 
 use berth_common::auth::token_sha256_hex;
-use futures_util::future::BoxFuture;
 use reqwest::Method;
 use scaling_service::host_api::identity::{issue_for_host, HandStartedHost};
-use scaling_service::provider::{
-    CloudInstance, LaunchRequest, LaunchedInstance, Provider, ProviderError,
-};
 use scaling_service::service;
 use serde_json::{json, Value};
 use support::*;
@@ -44,6 +40,10 @@ impl Api {
         let response = req.send().await.expect("the control plane answers");
         let status = response.status().as_u16();
         (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    async fn post(&self, path: &str, token: &str, body: Value) -> (u16, Value) {
+        self.call(Method::POST, path, Some(token), Some(body)).await
     }
 
     async fn register(&self, token: &str, facts: Value) -> (u16, Value) {
@@ -186,60 +186,34 @@ async fn a_host_credential_reaches_only_its_own_host_and_sessions() {
     let b = registered(&db, &api, "h-b").await;
     let session = uuid::Uuid::new_v4().to_string();
     let warm = json!({"id": session, "runtime": "desktop", "container_id": "c-1", "tty": null, "ports": []});
-    let (status, body) = api
-        .call(
-            Method::POST,
-            "/v1/host/sessions",
-            Some(&a),
-            Some(warm.clone()),
-        )
-        .await;
+    let (status, body) = api.post("/v1/host/sessions", &a, warm.clone()).await;
     assert_eq!(status, 200, "{body}");
     // Retried: the same answer, one row.
-    let (status, _) = api
-        .call(
-            Method::POST,
-            "/v1/host/sessions",
-            Some(&a),
-            Some(warm.clone()),
-        )
-        .await;
+    let (status, _) = api.post("/v1/host/sessions", &a, warm.clone()).await;
     assert_eq!(status, 200);
 
     // B cannot take, read, claim, run, kill or delete A's session.
     let path = |tail: &str| format!("/v1/host/sessions/{session}{tail}");
-    let (status, body) = api
-        .call(Method::POST, "/v1/host/sessions", Some(&b), Some(warm))
-        .await;
+    let (status, body) = api.post("/v1/host/sessions", &b, warm).await;
     assert_eq!((status, code(&body)), (409, "SESSION_ID_TAKEN"));
     let (status, body) = api.call(Method::GET, &path(""), Some(&b), None).await;
     assert_eq!((status, code(&body)), (404, "NO_SUCH_SESSION"));
-    let (status, body) = api
-        .call(Method::POST, &path("/claim"), Some(&b), Some(json!({})))
-        .await;
+    let (status, body) = api.post(&path("/claim"), &b, json!({})).await;
     assert_eq!((status, code(&body)), (409, "NOT_ALLOCATED"));
-    let (status, body) = api
-        .call(Method::POST, &path("/running"), Some(&b), Some(json!({})))
-        .await;
+    let (status, body) = api.post(&path("/running"), &b, json!({})).await;
     assert_eq!((status, code(&body)), (404, "NO_SUCH_SESSION"));
     let (status, body) = api
-        .call(
-            Method::POST,
+        .post(
             &path("/dying"),
-            Some(&b),
-            Some(json!({"outcome": "ENDED", "reason": "b says so"})),
+            &b,
+            json!({"outcome": "ENDED", "reason": "b says so"}),
         )
         .await;
     assert_eq!((status, code(&body)), (404, "NO_SUCH_SESSION"));
     let (status, _) = api.call(Method::DELETE, &path(""), Some(&b), None).await;
     assert_eq!(status, 200, "deleting what is not yours is a no-op");
     let (status, body) = api
-        .call(
-            Method::POST,
-            "/v1/host/sessions/retire",
-            Some(&b),
-            Some(json!({"ids": [session]})),
-        )
+        .post("/v1/host/sessions/retire", &b, json!({"ids": [session]}))
         .await;
     assert_eq!((status, body["ids"].clone()), (200, json!([])));
     assert_eq!(
@@ -254,13 +228,9 @@ async fn a_host_credential_reaches_only_its_own_host_and_sessions() {
 
     // A host cannot move a session off the state machine: a warm session is
     // not claimed (nobody allocated it) nor RUNNING.
-    let (status, body) = api
-        .call(Method::POST, &path("/claim"), Some(&a), Some(json!({})))
-        .await;
+    let (status, body) = api.post(&path("/claim"), &a, json!({})).await;
     assert_eq!((status, code(&body)), (409, "NOT_ALLOCATED"));
-    let (status, body) = api
-        .call(Method::POST, &path("/running"), Some(&a), Some(json!({})))
-        .await;
+    let (status, body) = api.post(&path("/running"), &a, json!({})).await;
     assert_eq!((status, code(&body)), (409, "NOT_CONNECTING"));
 
     // Nor allocate, nor touch runtimes, regions, images or the fleet views.
@@ -285,12 +255,7 @@ async fn a_host_credential_reaches_only_its_own_host_and_sessions() {
         );
     }
     let (status, _) = api
-        .call(
-            Method::POST,
-            "/v1/host/runtimes/desktop",
-            Some(&a),
-            Some(json!({"image": "evil:1"})),
-        )
+        .post("/v1/host/runtimes/desktop", &a, json!({"image": "evil:1"}))
         .await;
     assert_eq!(status, 405);
     let (status, body) = api
@@ -317,11 +282,10 @@ async fn a_host_credential_reaches_only_its_own_host_and_sessions() {
 
     // Heartbeats are written in a batch, soon.
     let (status, body) = api
-        .call(
-            Method::POST,
+        .post(
             "/v1/host/heartbeat",
-            Some(&a),
-            Some(json!({"load_average": 0.5, "session_count": 1})),
+            &a,
+            json!({"load_average": 0.5, "session_count": 1}),
         )
         .await;
     assert_eq!((status, body["status"].clone()), (200, json!("ACTIVE")));
@@ -410,9 +374,7 @@ async fn the_watch_starts_with_a_snapshot_and_pushes_allocations_tokens_and_drai
     let a = registered(&db, &api, "h-a").await;
     let session = uuid::Uuid::new_v4().to_string();
     let warm = json!({"id": session, "runtime": "desktop", "container_id": "c-1", "tty": null, "ports": []});
-    let (status, _) = api
-        .call(Method::POST, "/v1/host/sessions", Some(&a), Some(warm))
-        .await;
+    let (status, _) = api.post("/v1/host/sessions", &a, warm).await;
     assert_eq!(status, 200);
 
     let mut events = Events::open(&api, &a).await;
@@ -429,14 +391,7 @@ async fn the_watch_starts_with_a_snapshot_and_pushes_allocations_tokens_and_drai
         .unwrap();
     let alice = jwt("alice", AUDIENCE, 300);
     let assign = json!({"runtime": "desktop", "regions": [REGION], "client_commit": "sha-1", "client_session_id": "c-1"});
-    let (status, assigned) = api
-        .call(
-            Method::POST,
-            "/sessions",
-            Some(&alice),
-            Some(assign.clone()),
-        )
-        .await;
+    let (status, assigned) = api.post("/sessions", &alice, assign.clone()).await;
     assert_eq!(status, 201, "{assigned}");
     let token = assigned["token"].as_str().unwrap().to_owned();
     let (name, event) = events.next().await;
@@ -450,17 +405,10 @@ async fn the_watch_starts_with_a_snapshot_and_pushes_allocations_tokens_and_drai
     // hash follows at once.
     let claim = json!({"token_sha256": token_sha256_hex(&token)});
     let (status, body) = api
-        .call(
-            Method::POST,
-            &format!("/v1/host/sessions/{session}/claim"),
-            Some(&a),
-            Some(claim),
-        )
+        .post(&format!("/v1/host/sessions/{session}/claim"), &a, claim)
         .await;
     assert_eq!((status, body["status"].clone()), (200, json!("CONNECTING")));
-    let (status, again) = api
-        .call(Method::POST, "/sessions", Some(&alice), Some(assign))
-        .await;
+    let (status, again) = api.post("/sessions", &alice, assign).await;
     assert_eq!(status, 200, "{again}");
     let reissued = again["token"].as_str().unwrap();
     let (name, event) = events.next().await;
@@ -471,22 +419,16 @@ async fn the_watch_starts_with_a_snapshot_and_pushes_allocations_tokens_and_drai
     // RUNNING, retried; then a drain arrives as a host event.
     for _ in 0..2 {
         let (status, body) = api
-            .call(
-                Method::POST,
+            .post(
                 &format!("/v1/host/sessions/{session}/running"),
-                Some(&a),
-                Some(json!({})),
+                &a,
+                json!({}),
             )
             .await;
         assert_eq!((status, body["status"].clone()), (200, json!("RUNNING")));
     }
     let (status, body) = api
-        .call(
-            Method::POST,
-            "/v1/host/drain",
-            Some(&a),
-            Some(json!({"reason": "test"})),
-        )
+        .post("/v1/host/drain", &a, json!({"reason": "test"}))
         .await;
     assert_eq!((status, body["moved"].clone()), (200, json!(true)));
     let (name, event) = events.next().await;
@@ -512,40 +454,6 @@ async fn the_watch_starts_with_a_snapshot_and_pushes_allocations_tokens_and_drai
     db.drop_database().await;
 }
 
-/// The real provider, recording what each launch handed its instances.
-#[derive(Debug)]
-struct Recording {
-    inner: std::sync::Arc<dyn Provider>,
-    launches: std::sync::Mutex<Vec<(Option<String>, String)>>,
-}
-
-impl Provider for Recording {
-    fn launch<'a>(
-        &'a self,
-        request: &'a LaunchRequest,
-    ) -> BoxFuture<'a, Result<Vec<LaunchedInstance>, ProviderError>> {
-        self.launches
-            .lock()
-            .unwrap()
-            .push((request.user_data.clone(), request.bootstrap_token.0.clone()));
-        self.inner.launch(request)
-    }
-    fn terminate<'a>(
-        &'a self,
-        region: &'a str,
-        ids: &'a [String],
-    ) -> BoxFuture<'a, Result<(), ProviderError>> {
-        self.inner.terminate(region, ids)
-    }
-    fn describe<'a>(
-        &'a self,
-        region: &'a str,
-        env: &'a str,
-    ) -> BoxFuture<'a, Result<Vec<CloudInstance>, ProviderError>> {
-        self.inner.describe(region, env)
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_launch_hands_its_instances_a_token_that_registers_each_once() {
     let db = TestDb::new().await;
@@ -553,10 +461,7 @@ async fn a_launch_hands_its_instances_a_token_that_registers_each_once() {
     let dir = tempfile_dir();
     let user_data = dir.join("user-data.sh");
     std::fs::write(&user_data, "BERTH_HOST_TOKEN='{bootstrap_token}'\n").unwrap();
-    let recording = std::sync::Arc::new(Recording {
-        inner: aws().await,
-        launches: Default::default(),
-    });
+    let recording = std::sync::Arc::new(FaultyProvider::new(aws().await, 0, 0));
     let env = env_name();
     let svc = service::start_with_provider(
         config(
@@ -585,7 +490,8 @@ async fn a_launch_hands_its_instances_a_token_that_registers_each_once() {
         },
     )
     .await;
-    let (user_data, token) = recording.launches.lock().unwrap()[0].clone();
+    let launch = recording.launches.lock().unwrap()[0].clone();
+    let (user_data, token) = (launch.user_data, launch.bootstrap_token.0);
     assert_eq!(
         user_data.as_deref(),
         Some(format!("BERTH_HOST_TOKEN='{token}'\n").as_str())

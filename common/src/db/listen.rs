@@ -27,6 +27,9 @@ pub struct HintListener {
 /// Pause between failed reconnects, so a database outage is not a busy loop.
 const RECONNECT_PAUSE: Duration = Duration::from_millis(500);
 
+/// Pause between failed first connects.
+const CONNECT_RETRY: Duration = Duration::from_secs(1);
+
 impl HintListener {
     /// Connects and listens on `channels`. The first `recv` returns `Resync`,
     /// because nothing was heard before now.
@@ -42,6 +45,27 @@ impl HintListener {
             listener,
             resync_pending: true,
         })
+    }
+
+    /// [`connect`](Self::connect), retried every second until it succeeds
+    /// (the database may be starting or away); `None` if `stop` comes first.
+    pub async fn connect_until_stopped(
+        pool: &PgPool,
+        channels: &[&str],
+        stop: &tokio_util::sync::CancellationToken,
+    ) -> Option<Self> {
+        loop {
+            match Self::connect(pool, channels).await {
+                Ok(listener) => return Some(listener),
+                Err(error) => {
+                    tracing::warn!(%error, ?channels, "cannot LISTEN yet; retrying");
+                    tokio::select! {
+                        _ = stop.cancelled() => return None,
+                        _ = tokio::time::sleep(CONNECT_RETRY) => {}
+                    }
+                }
+            }
+        }
     }
 
     /// The next hint. Never returns an error: while the database is

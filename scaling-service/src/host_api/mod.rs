@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use berth_common::auth::token_sha256_hex;
+use berth_common::host_api::HostState;
 use berth_common::http::{bearer, read_body, ApiError, HttpResponse};
 use berth_common::{HostId, HostStatus};
 use bytes::Bytes;
@@ -27,11 +28,11 @@ const BODY_TIMEOUT: Duration = Duration::from_secs(15);
 /// Host reports are small; a session's port list is the largest.
 const BODY_LIMIT: usize = 64 * 1024;
 
-/// The host a credential belongs to, and its row's status when the call came.
+/// The host a credential belongs to, and its row's state when the call came.
 #[derive(Debug, Clone)]
 pub(crate) struct CallingHost {
     pub id: HostId,
-    pub status: HostStatus,
+    pub state: HostState,
 }
 
 /// Routes `/v1/host/<rest>`.
@@ -61,14 +62,17 @@ pub(crate) async fn authenticate(
     req: &Request<Incoming>,
 ) -> Result<CallingHost, ApiError> {
     let credential = bearer(req).map_err(|_| not_a_host())?;
-    let found: Option<(HostId, HostStatus)> =
-        sqlx::query_as("SELECT id, status FROM hosts WHERE credential_sha256 = $1")
+    let found: Option<(HostId, HostStatus, i32)> =
+        sqlx::query_as("SELECT id, status, free_slots FROM hosts WHERE credential_sha256 = $1")
             .bind(token_sha256_hex(&credential))
             .fetch_optional(&scaler.db)
             .await
             .map_err(|e| database_error("checking a host credential", e))?;
-    let (id, status) = found.ok_or_else(not_a_host)?;
-    Ok(CallingHost { id, status })
+    let (id, status, free_slots) = found.ok_or_else(not_a_host)?;
+    Ok(CallingHost {
+        id,
+        state: HostState { status, free_slots },
+    })
 }
 
 fn not_a_host() -> ApiError {

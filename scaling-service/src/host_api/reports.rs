@@ -27,6 +27,13 @@ fn ok(value: impl Serialize) -> Result<HttpResponse, ApiError> {
     ))
 }
 
+/// Reasons a host gives are kept to this many characters.
+const REASON_CHARS: usize = 2000;
+
+fn bounded(reason: &str) -> String {
+    reason.chars().take(REASON_CHARS).collect()
+}
+
 fn session_id(raw: &str) -> Result<SessionId, ApiError> {
     raw.parse()
         .map_err(|_| ApiError::bad_request(format!("{raw:?} is not a session id (a UUID)")))
@@ -48,8 +55,9 @@ pub(super) async fn handle(
     req: Request<Incoming>,
 ) -> Result<HttpResponse, ApiError> {
     match (method, rest) {
-        (Method::POST, ["heartbeat"]) => heartbeat(scaler, host, body(req).await?).await,
-        (Method::GET, ["status"]) => status(scaler, host).await,
+        (Method::POST, ["heartbeat"]) => heartbeat(scaler, host, body(req).await?),
+        // As the credential check read it a moment ago.
+        (Method::GET, ["status"]) => ok(&host.state),
         (Method::POST, ["drain"]) => drain(scaler, host, body(req).await?).await,
         (Method::POST, ["terminating"]) => terminating(scaler, host).await,
         (Method::POST, ["death"]) => death(scaler, host, body(req).await?).await,
@@ -85,29 +93,16 @@ pub(super) async fn handle(
 }
 
 /// Recorded in the next batch (one statement for every host that beat
-/// meanwhile); answered with the row's status as the credential check read it.
-async fn heartbeat(
-    scaler: &Arc<Scaler>,
+/// meanwhile); answered with the row's state as the credential check read it.
+fn heartbeat(
+    scaler: &Scaler,
     host: &CallingHost,
     beat: Heartbeat,
 ) -> Result<HttpResponse, ApiError> {
     scaler
         .heartbeats
         .record(host.id.clone(), beat.load_average, beat.session_count);
-    status(scaler, host).await
-}
-
-async fn status(scaler: &Scaler, host: &CallingHost) -> Result<HttpResponse, ApiError> {
-    let state: HostState = sqlx::query_as::<_, (berth_common::HostStatus, i32)>(
-        "SELECT status, free_slots FROM hosts WHERE id = $1",
-    )
-    .bind(&host.id)
-    .fetch_optional(&scaler.db)
-    .await
-    .map_err(|e| database_error("reading the host's status", e))?
-    .map(|(status, free_slots)| HostState { status, free_slots })
-    .ok_or_else(ApiError::not_found)?;
-    ok(state)
+    ok(&host.state)
 }
 
 async fn drain(
@@ -131,12 +126,15 @@ async fn drain(
 
 /// A drained host hands itself to the scaler for termination.
 async fn terminating(scaler: &Scaler, host: &CallingHost) -> Result<HttpResponse, ApiError> {
-    sqlx::query("UPDATE hosts SET status = 'TERMINATING' WHERE id = $1 AND status = 'DRAINING'")
-        .bind(&host.id)
-        .execute(&scaler.db)
-        .await
-        .map_err(|e| database_error("marking the host TERMINATING", e))?;
-    status(scaler, host).await
+    let moved: Option<HostState> = sqlx::query_as(
+        "UPDATE hosts SET status = 'TERMINATING' WHERE id = $1 AND status = 'DRAINING' \
+         RETURNING status, free_slots",
+    )
+    .bind(&host.id)
+    .fetch_optional(&scaler.db)
+    .await
+    .map_err(|e| database_error("marking the host TERMINATING", e))?;
+    ok(moved.as_ref().unwrap_or(&host.state))
 }
 
 async fn death(
@@ -144,7 +142,7 @@ async fn death(
     host: &CallingHost,
     notice: DeathNotice,
 ) -> Result<HttpResponse, ApiError> {
-    let reason: String = notice.reason.chars().take(2000).collect();
+    let reason = bounded(&notice.reason);
     sqlx::query("UPDATE hosts SET status_reason = $2 WHERE id = $1")
         .bind(&host.id)
         .bind(format!("host-service died: {reason}"))
@@ -154,29 +152,10 @@ async fn death(
     ok(serde_json::json!({}))
 }
 
-#[derive(sqlx::FromRow)]
-struct RuntimeRecord {
-    name: String,
-    image: String,
-    ports: serde_json::Value,
-    env: serde_json::Value,
-    memory_mib: i32,
-    cpu_shares: i32,
-    shm_mib: i32,
-    needs_tty: bool,
-    needs_uinput: bool,
-    readiness: serde_json::Value,
-    ready_timeout_s: i32,
-    idle_timeout_s: Option<i32>,
-    init: Option<serde_json::Value>,
-    user_volume: Option<serde_json::Value>,
-    egress: String,
-}
-
 /// Any runtime may be read (a host runs the one it was configured with);
 /// none may be changed.
 async fn runtime(scaler: &Scaler, name: &str) -> Result<HttpResponse, ApiError> {
-    let row: RuntimeRecord = sqlx::query_as(
+    let row: RuntimeRow = sqlx::query_as(
         "SELECT name, image, ports, env, memory_mib, cpu_shares, shm_mib, needs_tty, needs_uinput, \
                 readiness, ready_timeout_s, idle_timeout_s, init, user_volume, egress FROM runtimes WHERE name = $1",
     )
@@ -191,23 +170,7 @@ async fn runtime(scaler: &Scaler, name: &str) -> Result<HttpResponse, ApiError> 
             format!("no runtime named {name:?}; check the host's --runtime"),
         )
     })?;
-    ok(RuntimeRow {
-        name: row.name,
-        image: row.image,
-        ports: row.ports,
-        env: row.env,
-        memory_mib: row.memory_mib,
-        cpu_shares: row.cpu_shares,
-        shm_mib: row.shm_mib,
-        needs_tty: row.needs_tty,
-        needs_uinput: row.needs_uinput,
-        readiness: row.readiness,
-        ready_timeout_s: row.ready_timeout_s,
-        idle_timeout_s: row.idle_timeout_s,
-        init: row.init,
-        user_volume: row.user_volume,
-        egress: row.egress,
-    })
+    ok(row)
 }
 
 /// The host's sessions as the database has them.
@@ -215,20 +178,10 @@ pub(crate) async fn session_states(
     db: &sqlx::PgPool,
     host: &berth_common::HostId,
 ) -> Result<Vec<SessionState>, sqlx::Error> {
-    let rows: Vec<(SessionId, SessionStatus, Option<String>, Option<String>)> =
-        sqlx::query_as("SELECT id, status, user_id, token_sha256 FROM sessions WHERE host_id = $1")
-            .bind(host)
-            .fetch_all(db)
-            .await?;
-    Ok(rows
-        .into_iter()
-        .map(|(id, status, user_id, token_sha256)| SessionState {
-            id,
-            status,
-            user_id,
-            token_sha256,
-        })
-        .collect())
+    sqlx::query_as("SELECT id, status, user_id, token_sha256 FROM sessions WHERE host_id = $1")
+        .bind(host)
+        .fetch_all(db)
+        .await
 }
 
 async fn sessions(scaler: &Scaler, host: &CallingHost) -> Result<HttpResponse, ApiError> {
@@ -243,21 +196,15 @@ async fn session(
     host: &CallingHost,
     id: SessionId,
 ) -> Result<HttpResponse, ApiError> {
-    let row: Option<(SessionStatus, Option<String>, Option<String>)> = sqlx::query_as(
-        "SELECT status, user_id, token_sha256 FROM sessions WHERE id = $1 AND host_id = $2",
+    let state: Option<SessionState> = sqlx::query_as(
+        "SELECT id, status, user_id, token_sha256 FROM sessions WHERE id = $1 AND host_id = $2",
     )
     .bind(id)
     .bind(&host.id)
     .fetch_optional(&scaler.db)
     .await
     .map_err(|e| database_error("reading a session", e))?;
-    let (status, user_id, token_sha256) = row.ok_or_else(not_yours)?;
-    ok(SessionState {
-        id,
-        status,
-        user_id,
-        token_sha256,
-    })
+    ok(state.ok_or_else(not_yours)?)
 }
 
 /// A warm session the host made. Retried, it changes nothing; a session id
@@ -271,7 +218,7 @@ async fn warm_created(
         return Err(ApiError::bad_request("ports must be an array"));
     }
     if matches!(
-        host.status,
+        host.state.status,
         berth_common::HostStatus::Terminating | berth_common::HostStatus::Terminated
     ) {
         return Err(conflict(
@@ -386,7 +333,7 @@ async fn dying(
     id: SessionId,
     request: Dying,
 ) -> Result<HttpResponse, ApiError> {
-    let reason: String = request.reason.chars().take(2000).collect();
+    let reason = bounded(&request.reason);
     let marked = sqlx::query(
         "UPDATE sessions SET status = 'DYING', \
                 status_reason = CASE WHEN outcome IS NULL THEN $3 ELSE status_reason END, \

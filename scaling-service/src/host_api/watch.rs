@@ -148,17 +148,11 @@ fn event_of(hint: HostHint) -> Option<(HostId, WatchEvent)> {
 
 /// The replica's one LISTEN connection, fanned out to its streams.
 pub(crate) async fn run(scaler: Arc<Scaler>) {
-    let mut listener = loop {
-        match HintListener::connect(&scaler.db, &["host_events", "config"]).await {
-            Ok(listener) => break listener,
-            Err(error) => {
-                tracing::warn!(%error, "cannot LISTEN for host events yet; retrying");
-                tokio::select! {
-                    _ = scaler.stop.cancelled() => return,
-                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                }
-            }
-        }
+    let Some(mut listener) =
+        HintListener::connect_until_stopped(&scaler.db, &["host_events", "config"], &scaler.stop)
+            .await
+    else {
+        return;
     };
     loop {
         let hint = tokio::select! {
@@ -196,15 +190,14 @@ pub(crate) async fn run(scaler: Arc<Scaler>) {
 }
 
 async fn snapshot(scaler: &Scaler, host: &HostId) -> Result<WatchEvent, sqlx::Error> {
-    let (status, free_slots): (HostStatus, i32) =
+    let host_state: HostState =
         sqlx::query_as("SELECT status, free_slots FROM hosts WHERE id = $1")
             .bind(host)
             .fetch_one(&scaler.db)
             .await?;
-    let sessions = super::reports::session_states(&scaler.db, host).await?;
     Ok(WatchEvent::Snapshot {
-        host: HostState { status, free_slots },
-        sessions,
+        host: host_state,
+        sessions: super::reports::session_states(&scaler.db, host).await?,
     })
 }
 

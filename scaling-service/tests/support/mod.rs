@@ -203,6 +203,8 @@ pub struct FaultyProvider {
     pub calls: AtomicUsize,
     /// Every TerminateInstances call fails while set.
     pub fail_terminate: std::sync::atomic::AtomicBool,
+    /// Every launch request, as the scaler made it.
+    pub launches: std::sync::Mutex<Vec<LaunchRequest>>,
 }
 
 impl FaultyProvider {
@@ -213,6 +215,7 @@ impl FaultyProvider {
             throttle_every,
             calls: AtomicUsize::new(0),
             fail_terminate: std::sync::atomic::AtomicBool::new(false),
+            launches: Default::default(),
         }
     }
 }
@@ -222,6 +225,7 @@ impl Provider for FaultyProvider {
         &'a self,
         request: &'a LaunchRequest,
     ) -> BoxFuture<'a, Result<Vec<LaunchedInstance>, ProviderError>> {
+        self.launches.lock().unwrap().push(request.clone());
         Box::pin(async move {
             let n = self.calls.fetch_add(1, Ordering::SeqCst) + 1;
             if self.throttle_every > 0 && n.is_multiple_of(self.throttle_every) {
