@@ -16,7 +16,7 @@ use std::ops::RangeInclusive;
 use std::str::FromStr;
 
 use clap::builder::BoolValueParser;
-use clap::{ArgAction, Args, ValueEnum};
+use clap::{Args, ValueEnum};
 
 /// The parser of every boolean setting: exactly `true` or `false` (also from
 /// the environment). `yes`, `1`, `on` and friends are usage errors, so a typo
@@ -27,24 +27,6 @@ pub fn strict_bool() -> BoolValueParser {
 
 #[derive(Clone, Debug, Args)]
 pub struct CommonArgs {
-    /// PostgreSQL URL, e.g. postgres://berth:secret@db.internal:5432/berth.
-    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
-    pub database_url: String,
-
-    /// Apply pending schema migrations at start: `true` or `false`.
-    ///
-    /// With `true` the migrations this binary embeds that the database lacks
-    /// are applied before anything is served (safe with several processes
-    /// starting at once). With `false` nothing is changed, and the binary
-    /// refuses to start (exit 78, not restarted by the systemd units) unless
-    /// every one of its migrations is already applied unchanged — it never
-    /// serves, or reports ready, on a schema older than its code. Either way a
-    /// schema that also has a newer release's migrations is accepted with a
-    /// warning, so the previous release keeps running during a rollout.
-    #[arg(long, env = "BERTH_MIGRATE", default_value_t = true, action = ArgAction::Set, require_equals = true,
-          num_args = 0..=1, default_missing_value = "true", value_parser = strict_bool())]
-    pub migrate: bool,
-
     /// Connections the HTTP(S) listener serves at once; past it a client is
     /// refused at once (503 TOO_MANY_CONNECTIONS) instead of queued.
     #[arg(long, env = "BERTH_MAX_CONNECTIONS", default_value_t = 4096, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]

@@ -58,7 +58,8 @@ pub struct Heartbeat {
 
 /// The host's row as it concerns the host (`GET /v1/host/status`, and the
 /// answer to a heartbeat).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, sqlx::FromRow)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "db", derive(sqlx::FromRow))]
 pub struct HostState {
     pub status: HostStatus,
     pub free_slots: i32,
@@ -84,7 +85,8 @@ pub struct ClaimRequest {
 
 /// A session as the host must know it: its state and, once allocated, its
 /// owner and the SHA-256 of the owner's current token.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, sqlx::FromRow)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "db", derive(sqlx::FromRow))]
 pub struct SessionState {
     pub id: SessionId,
     pub status: SessionStatus,
@@ -140,7 +142,8 @@ pub struct DeathNotice {
 
 /// A runtime's row (`GET /v1/host/runtimes/{name}`), for the host to check
 /// and turn into its own settings.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, sqlx::FromRow)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "db", derive(sqlx::FromRow))]
 pub struct RuntimeRow {
     pub name: String,
     pub image: String,
@@ -189,6 +192,70 @@ impl WatchEvent {
             WatchEvent::SessionDeleted { .. } => "session_deleted",
             WatchEvent::Host { .. } => "host",
             WatchEvent::Runtime { .. } => "runtime",
+        }
+    }
+}
+
+/// Checks a control-plane URL as hosts use it: `https://…`, or plain
+/// `http://` only to a loopback address (a host and control plane on one
+/// machine), since the host credential and bootstrap token travel in it.
+/// Returns it without a trailing slash.
+pub fn parse_control_url(raw: &str) -> Result<String, String> {
+    let url = reqwest::Url::parse(raw).map_err(|e| {
+        format!("{raw:?} is not a URL ({e}); e.g. https://berth-control.example.com")
+    })?;
+    let loopback = match url.host_str() {
+        Some("localhost") => true,
+        Some(host) => host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback()),
+        None => false,
+    };
+    match url.scheme() {
+        "https" if url.host_str().is_some() => {}
+        "http" if loopback => {}
+        "http" => {
+            return Err(format!(
+                "{raw:?}: plain http is accepted only for a loopback control plane; use https://"
+            ))
+        }
+        _ => return Err(format!("{raw:?}: use https://host[:port]")),
+    }
+    if url.query().is_some() || url.fragment().is_some() || !url.username().is_empty() {
+        return Err(format!(
+            "{raw:?}: no query, fragment or user info in the control URL"
+        ));
+    }
+    Ok(url.as_str().trim_end_matches('/').to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_control_url;
+
+    #[test]
+    fn control_urls_are_https_or_loopback_http() {
+        assert_eq!(
+            parse_control_url("https://control.example.com/").unwrap(),
+            "https://control.example.com"
+        );
+        assert_eq!(
+            parse_control_url("http://127.0.0.1:8080").unwrap(),
+            "http://127.0.0.1:8080"
+        );
+        assert!(parse_control_url("http://[::1]:8080").is_ok());
+        assert!(parse_control_url("http://localhost:8080").is_ok());
+        for bad in [
+            "http://10.0.0.5:8080",
+            "http://control.example.com",
+            "ftp://127.0.0.1",
+            "control.example.com",
+            "https://user:pw@control.example.com",
+            "https://control.example.com/?x=1",
+        ] {
+            assert!(parse_control_url(bad).is_err(), "{bad}");
         }
     }
 }

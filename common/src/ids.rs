@@ -7,11 +7,9 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 /// A session's id (a UUID, also the container's `berth.session` label).
-#[derive(
-    Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, sqlx::Type,
-)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[cfg_attr(feature = "db", derive(sqlx::Type), sqlx(transparent))]
 #[serde(transparent)]
-#[sqlx(transparent)]
 pub struct SessionId(pub Uuid);
 
 impl SessionId {
@@ -50,11 +48,9 @@ impl std::str::FromStr for SessionId {
 /// A host's id: the EC2 instance id (or a local name). Restricted to
 /// `[A-Za-z0-9][A-Za-z0-9_.-]{0,47}` so it is safe in NOTIFY channel names,
 /// labels and paths.
-#[derive(
-    Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, sqlx::Type,
-)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[cfg_attr(feature = "db", derive(sqlx::Type), sqlx(transparent))]
 #[serde(try_from = "String", into = "String")]
-#[sqlx(transparent)]
 pub struct HostId(String);
 
 #[derive(Debug, thiserror::Error)]
@@ -108,8 +104,8 @@ impl fmt::Display for HostId {
 macro_rules! pg_enum {
     ($(#[$meta:meta])* $name:ident, $pg:literal, [$($variant:ident),+ $(,)?]) => {
         $(#[$meta])*
-        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, sqlx::Type)]
-        #[sqlx(type_name = $pg, rename_all = "SCREAMING_SNAKE_CASE")]
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+        #[cfg_attr(feature = "db", derive(sqlx::Type), sqlx(type_name = $pg, rename_all = "SCREAMING_SNAKE_CASE"))]
         #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
         pub enum $name { $($variant),+ }
 

@@ -7,6 +7,7 @@
 pub mod atomic_file;
 pub mod auth;
 pub mod config;
+#[cfg(feature = "db")]
 pub mod db;
 pub mod entry;
 pub mod exposition;

@@ -16,10 +16,11 @@ use clap::{ArgAction, Parser, Subcommand, ValueEnum};
     version,
     about = "Berth's host daemon: registers this instance, keeps warm session containers and finishes sessions for users.",
     long_about = "Berth's host daemon. Run as root under systemd on every host. It reads its identity from \
-EC2 instance metadata (IMDSv2) or, with --local, from flags; registers the host in PostgreSQL; keeps \
+EC2 instance metadata (IMDSv2) or, with --local, from flags; registers the host with the control plane; keeps \
 free_slots warm session containers; and when the scaler allocates a session, finishes it for the user's \
-client over HTTPS (PUT /json_transport). SIGTERM stops the daemon only (sessions keep running); the host \
-ends when its row turns DRAINING or `host-service drain` is run."
+client over HTTPS (PUT /json_transport). It talks to the fleet only through the control plane's host API \
+(BERTH_CONTROL_URL), registering with a bootstrap token (BERTH_HOST_TOKEN) the first time. SIGTERM stops the \
+daemon only (sessions keep running); the host ends when the control plane drains it or `host-service drain` is run."
 )]
 pub struct Cli {
     #[command(flatten)]
@@ -42,11 +43,30 @@ pub struct Config {
     #[command(flatten)]
     pub common: CommonArgs,
 
+    /// The control plane's URL (`https://…`; plain `http://` only to a
+    /// loopback address): every read and report about this host goes to its
+    /// host API. The host holds no database credentials.
+    #[arg(long, env = "BERTH_CONTROL_URL", value_parser = berth_common::host_api::parse_control_url)]
+    pub control_url: String,
+
+    /// One-use bootstrap token that registers this host the first time (from
+    /// its launch's user data, the local provider, or `scaling-service
+    /// host-token`); registration returns the host credential, kept in the
+    /// state dir (0600) and used from then on.
+    #[arg(long, env = "BERTH_HOST_TOKEN", hide_env_values = true)]
+    pub host_token: Option<String>,
+
+    /// PEM file with the CA certificate(s) the control plane's certificate is
+    /// checked against (a private CA); unset, the system's web roots.
+    #[arg(long, env = "BERTH_CONTROL_CA")]
+    pub control_ca: Option<PathBuf>,
+
     /// Instance metadata (IMDSv2) base URL.
     #[arg(long, env = "BERTH_IMDS_ENDPOINT", default_value = berth_common::imds::DEFAULT_ENDPOINT)]
     pub imds_endpoint: String,
 
-    /// Run without EC2: identity from the --local-* flags, and the host registers itself.
+    /// Run without EC2: identity from the --local-* flags (the host row comes
+    /// from `scaling-service host-token`, with its capacity).
     #[arg(long, env = "BERTH_LOCAL", default_value_t = false, action = ArgAction::Set, require_equals = true,
           num_args = 0..=1, default_missing_value = "true", value_parser = strict_bool())]
     pub local: bool,
@@ -67,9 +87,11 @@ pub struct Config {
     #[arg(long, env = "BERTH_LOCAL_INSTANCE_TYPE", default_value = "local")]
     pub local_instance_type: String,
 
-    /// Local mode: sessions this host runs at once.
-    #[arg(long, env = "BERTH_LOCAL_CAPACITY", default_value_t = 4)]
-    pub local_capacity: u16,
+    /// Local mode: sessions this host expects to run at once. The control
+    /// plane's row decides (`scaling-service host-token --capacity`); a
+    /// different value is reported at start.
+    #[arg(long, env = "BERTH_LOCAL_CAPACITY")]
+    pub local_capacity: Option<u16>,
 
     /// Address clients reach this host at (overrides metadata; local mode default 127.0.0.1).
     #[arg(long, env = "BERTH_PUBLIC_IP")]
@@ -153,7 +175,9 @@ pub struct Config {
     )]
     pub cap_add: Vec<String>,
 
-    /// Seconds between full re-reads of this host's rows (besides every reconnect).
+    /// Seconds between retries of what this host still owes its sessions
+    /// (claims, teardowns) as the control plane last described them; the
+    /// watch stream's snapshot on every (re)connect is the full re-read.
     #[arg(long, env = "BERTH_RESYNC_SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub resync_secs: u64,
 
@@ -218,7 +242,7 @@ mod tests {
     use super::*;
 
     fn parse(args: &[&str]) -> Cli {
-        let mut argv = vec!["host-service", "--database-url", "postgres://x@localhost/x"];
+        let mut argv = vec!["host-service", "--control-url", "http://127.0.0.1:8080"];
         argv.extend_from_slice(args);
         Cli::try_parse_from(argv).unwrap()
     }
@@ -246,8 +270,8 @@ mod tests {
         ] {
             let argv = [
                 "host-service",
-                "--database-url",
-                "postgres://x@localhost/x",
+                "--control-url",
+                "http://127.0.0.1:8080",
                 bad,
             ];
             let error = Cli::try_parse_from(argv).expect_err(bad);
@@ -263,16 +287,16 @@ mod tests {
     fn ranges_and_modes_are_validated() {
         let argv = [
             "host-service",
-            "--database-url",
-            "postgres://x@localhost/x",
+            "--control-url",
+            "http://127.0.0.1:8080",
             "--port-range",
             "40000-30000",
         ];
         assert!(Cli::try_parse_from(argv).is_err());
         let argv = [
             "host-service",
-            "--database-url",
-            "postgres://x@localhost/x",
+            "--control-url",
+            "http://127.0.0.1:8080",
             "--uinput",
             "maybe",
         ];

@@ -1,4 +1,4 @@
-//! Boot and run: connect, learn who we are, register, reconcile, start the
+//! Boot and run: learn who we are, register with the control plane, reconcile, start the
 //! tasks, and stop cleanly. Stop (SIGTERM) leaves every session running for
 //! the next start to adopt; a finished drain ends the host.
 
@@ -9,19 +9,21 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use berth_common::{db, tls::HostIdentity, HostId, HostStatus};
+use berth_common::{tls::HostIdentity, HostId, HostStatus};
 use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
+use crate::control::ControlPlane;
 use crate::docker::DockerEngine;
 use crate::host::Host;
 use crate::proxy::cookie::CookieSigner;
-use crate::registry::{self, Endpoint, Registration, RegistryError};
+use crate::registry::{self, Endpoint, Registration};
 use crate::resources::volumes::UserData;
 use crate::runtime::RuntimeSpec;
 use crate::{
-    api, container_events, drain, heartbeat, hints, idle, isolation, reconcile, resources,
-    warm_pool, Error,
+    api, container_events, drain, heartbeat, idle, isolation, reconcile, resources, warm_pool,
+    watch, Error,
 };
 
 /// Tasks get this long to finish after a stop before the daemon exits anyway.
@@ -44,19 +46,30 @@ pub enum Exit {
 }
 
 pub async fn start(config: Config) -> Result<Daemon, Error> {
-    let pool = db::connect(&config.common.database_url, "host-service", 16).await?;
-    db::prepare_schema(&pool, config.common.migrate).await?;
     let me = registry::identity(&config).await?;
-    let booted = boot(config, pool.clone(), &me).await;
+    prepare_state_dir(&config)?;
+    let control = Arc::new(control_plane(&config)?);
+    let booted = boot(config, control.clone(), &me).await;
     if let Err(error) = &booted {
-        registry::death_notice(&pool, &me.host_id, &error.to_string()).await;
+        if control.has_credential() {
+            control.death_notice(&error.to_string()).await;
+        }
     }
     booted
 }
 
+fn control_plane(config: &Config) -> Result<ControlPlane, Error> {
+    Ok(ControlPlane::new(
+        &config.control_url,
+        config.control_ca.as_deref(),
+        &config.state_dir,
+        config.host_token.clone(),
+    )?)
+}
+
 async fn boot(
     config: Config,
-    pool: sqlx::PgPool,
+    control: Arc<ControlPlane>,
     me: &registry::Identity,
 ) -> Result<Daemon, Error> {
     let docker = DockerEngine::connect().await?;
@@ -66,7 +79,6 @@ async fn boot(
         "sessions are kept from this host, each other and the metadata range by these filter rules"
     );
     let uinput_enabled = resources::uinput::enabled(config.uinput)?;
-    prepare_state_dir(&config)?;
     let mut names = vec![me.host_id.to_string(), "localhost".to_owned()];
     names.extend(
         me.public_ip
@@ -76,7 +88,29 @@ async fn boot(
     );
     let identity = HostIdentity::load_or_generate(&config.tls_dir(), &names)?;
     let tls = Arc::new(identity.server_config()?);
-    let runtime = RuntimeSpec::load(&pool, &config.runtime).await?;
+    let listener = TcpListener::bind(config.api_addr)
+        .await
+        .map_err(|source| Error::Bind {
+            addr: config.api_addr,
+            source,
+        })?;
+    let api_addr = listener.local_addr().map_err(|source| Error::Bind {
+        addr: config.api_addr,
+        source,
+    })?;
+    let endpoint = Endpoint {
+        api_port: api_addr.port(),
+        cert_sha256: &identity.sha256_hex,
+        version: env!("CARGO_PKG_VERSION"),
+    };
+    // Not yet the daemon's own stop: a stop before the host exists ends the wait.
+    let registration =
+        registry::register(&control, me, &endpoint, &CancellationToken::new()).await?;
+    let (Registration::Active { capacity } | Registration::Draining { capacity }) = registration;
+    if let Some(expected) = config.local_capacity.filter(|c| i32::from(*c) != capacity) {
+        tracing::warn!(expected, capacity, "the control plane's row gives this host another capacity than BERTH_LOCAL_CAPACITY; the row's is used");
+    }
+    let runtime = RuntimeSpec::load(&control, &config.runtime).await?;
     let user_data = match (&config.user_data_root, &runtime.user_volume) {
         (Some(root), _) => Some(UserData::prepare(root, &config.volumes_dir())?),
         (None, Some(_)) => return Err(Error::NoUserDataRoot(runtime.name.clone())),
@@ -88,31 +122,12 @@ async fn boot(
             path: cookie_key.clone(),
             source,
         })?;
-    let listener = TcpListener::bind(config.api_addr)
-        .await
-        .map_err(|source| Error::Bind {
-            addr: config.api_addr,
-            source,
-        })?;
-    let api_addr = listener.local_addr().map_err(|source| Error::Bind {
-        addr: config.api_addr,
-        source,
-    })?;
-
-    let endpoint = Endpoint {
-        api_port: api_addr.port(),
-        cert_sha256: &identity.sha256_hex,
-        version: env!("CARGO_PKG_VERSION"),
-    };
-    let local_capacity = config.local.then_some(i32::from(config.local_capacity));
-    let registration = registry::register(&pool, me, &endpoint, local_capacity).await?;
-    let (Registration::Active { capacity } | Registration::Draining { capacity }) = registration;
     tracing::info!(host = %me.host_id, %api_addr, capacity, runtime = runtime.name, uinput = uinput_enabled, "registered");
 
     let host = Arc::new(Host::new(
         config,
         me.host_id.clone(),
-        pool,
+        control,
         docker,
         runtime,
         uinput_enabled,
@@ -122,7 +137,7 @@ async fn boot(
     ));
     reconcile::reconcile(&host).await?;
     host.tasks.spawn(api::serve(host.clone(), listener, tls));
-    host.tasks.spawn(hints::run(host.clone()));
+    host.tasks.spawn(watch::run(host.clone()));
     host.tasks.spawn(container_events::run(host.clone()));
     host.tasks.spawn(heartbeat::run(host.clone()));
     host.tasks.spawn(heartbeat::watchdog(host.clone()));
@@ -197,19 +212,18 @@ pub enum DrainRequest {
     Already(HostId, HostStatus),
 }
 
-/// `host-service drain`: marks this host DRAINING; the running daemon does the
-/// rest. A host the database does not know is an error
-/// ([`RegistryError::Unknown`]), not a silent success: the id or the
-/// database is not the one meant.
+/// `host-service drain`: asks the control plane to mark this host DRAINING,
+/// with the credential this host registered with; the running daemon does
+/// the rest.
 pub async fn request_drain(config: &Config) -> Result<DrainRequest, Error> {
-    let pool = db::connect(&config.common.database_url, "host-service drain", 1).await?;
-    db::prepare_schema(&pool, config.common.migrate).await?;
     let me = registry::identity(config).await?;
-    if registry::request_drain(&pool, &me.host_id, "host-service drain").await? {
+    let control = control_plane(config)?;
+    if !control.has_credential() {
+        return Err(Error::NotRegistered(config.state_dir.clone()));
+    }
+    if control.drain("host-service drain").await? {
         return Ok(DrainRequest::Marked(me.host_id));
     }
-    match registry::status(&pool, &me.host_id).await? {
-        Some((status, _)) => Ok(DrainRequest::Already(me.host_id, status)),
-        None => Err(RegistryError::Unknown(me.host_id).into()),
-    }
+    let state = control.status().await?;
+    Ok(DrainRequest::Already(me.host_id, state.status))
 }

@@ -8,7 +8,6 @@ use std::time::Duration;
 use futures_util::future::join_all;
 
 use crate::host::Host;
-use crate::registry;
 use crate::session::teardown::{teardown, Ending};
 use crate::session::Phase;
 
@@ -57,8 +56,15 @@ async fn run(host: Arc<Host>) {
         }
     }
     crate::faults::point("drain.before_terminating");
-    if let Err(error) = registry::mark_terminating(&host.db, &host.id).await {
-        tracing::error!(%error, "could not mark the host TERMINATING");
+    // The control plane terminates the instance on this report: it must arrive.
+    let reported = host
+        .control
+        .until_accepted("marking the host TERMINATING", &host.stop, || {
+            host.control.terminating()
+        })
+        .await;
+    if let Err(error) = reported {
+        tracing::error!(%error, "could not mark the host TERMINATING; the control plane's drain timeout ends it");
     }
     tracing::warn!("drained; host-service exits");
     host.drained.cancel();

@@ -1,9 +1,10 @@
-//! Heartbeats to the host row (jittered, so a fleet started together does not
+//! Heartbeats to the control plane (jittered, so a fleet started together does not
 //! beat in lockstep) and the systemd watchdog.
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use berth_common::host_api::Heartbeat;
 use berth_common::HostStatus;
 use rand::Rng;
 
@@ -19,11 +20,14 @@ pub async fn run(host: Arc<Host>) {
             _ = host.stop.cancelled() => return,
             _ = tokio::time::sleep(period.mul_f64(jitter)) => {}
         }
-        let sessions = host.session_count() as i32;
-        match registry::heartbeat(&host.db, &host.id, registry::load_average(), sessions).await {
-            Ok(Some(HostStatus::Active | HostStatus::Unreachable)) => {}
-            // A missed DRAINING hint is caught here at the latest.
-            Ok(Some(_)) | Ok(None) => drain::start(&host),
+        let beat = Heartbeat {
+            load_average: registry::load_average(),
+            session_count: host.session_count() as i32,
+        };
+        match host.control.heartbeat(&beat).await {
+            Ok(state) if matches!(state.status, HostStatus::Active | HostStatus::Unreachable) => {}
+            // A missed DRAINING event is caught here at the latest.
+            Ok(_) => drain::start(&host),
             Err(error) => tracing::warn!(%error, "heartbeat failed; will retry next period"),
         }
     }

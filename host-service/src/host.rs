@@ -1,5 +1,5 @@
-//! The daemon's shared state: who it is, its handles to PostgreSQL and
-//! Docker, its resource tables and its sessions. One `Arc<Host>` is passed to
+//! The daemon's shared state: who it is, its handles to the control plane
+//! and Docker, its resource tables and its sessions. One `Arc<Host>` is passed to
 //! every task.
 
 use std::collections::HashMap;
@@ -7,12 +7,12 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 use berth_common::{HostId, SessionId};
-use sqlx::PgPool;
 use tokio::sync::{watch, Notify};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
+use crate::control::ControlPlane;
 use crate::docker::DockerEngine;
 use crate::metrics::Metrics;
 use crate::proxy::cookie::CookieSigner;
@@ -31,7 +31,8 @@ pub struct Resources {
 pub struct Host {
     pub config: Config,
     pub id: HostId,
-    pub db: PgPool,
+    /// The host API: everything the fleet's state says about this host.
+    pub control: Arc<ControlPlane>,
     pub docker: DockerEngine,
     /// The runtime new warm sessions are made of; replaced when its row changes.
     runtime: RwLock<Arc<RuntimeSpec>>,
@@ -63,7 +64,7 @@ impl Host {
     pub fn new(
         config: Config,
         id: HostId,
-        db: PgPool,
+        control: Arc<ControlPlane>,
         docker: DockerEngine,
         runtime: RuntimeSpec,
         uinput_enabled: bool,
@@ -78,7 +79,7 @@ impl Host {
         Self {
             config,
             id,
-            db,
+            control,
             docker,
             runtime: RwLock::new(Arc::new(runtime)),
             uinput_enabled,

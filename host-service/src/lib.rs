@@ -5,12 +5,12 @@
 pub mod api;
 pub mod config;
 pub mod container_events;
+pub mod control;
 pub mod daemon;
 pub mod docker;
 pub mod drain;
 pub mod faults;
 pub mod heartbeat;
-pub mod hints;
 pub mod host;
 pub mod idle;
 pub mod isolation;
@@ -24,6 +24,7 @@ pub mod runtime;
 pub mod session;
 pub mod upstream;
 pub mod warm_pool;
+pub mod watch;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -34,7 +35,7 @@ use berth_common::config::exit;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error(transparent)]
-    Db(#[from] berth_common::db::DbError),
+    Control(#[from] control::ControlError),
     #[error(transparent)]
     Docker(#[from] docker::DockerError),
     #[error("keeping sessions apart failed, so this host starts none: {0}")]
@@ -57,6 +58,8 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    #[error("this host has not registered yet ({0} holds no host credential), so there is nothing to drain; start the daemon with BERTH_HOST_TOKEN first")]
+    NotRegistered(PathBuf),
     #[error("binding the host API on {addr}: {source}; is another host-service running, or is BERTH_API_ADDR wrong?")]
     Bind {
         addr: SocketAddr,
@@ -79,16 +82,15 @@ impl Error {
     pub fn exit_code(&self) -> i32 {
         use registry::RegistryError as R;
         match self {
-            Error::Db(e) | Error::Registry(R::Db(e)) if e.is_config() => exit::CONFIG,
-            Error::Registry(
-                R::Mismatch { .. } | R::NotLaunched(_) | R::LocalId(_) | R::Unknown(_),
-            )
+            Error::Control(e) | Error::Registry(R::Control(e)) if e.is_config() => exit::CONFIG,
+            Error::Registry(R::LocalId(_))
             | Error::Runtime(
                 runtime::RuntimeError::Unknown(_) | runtime::RuntimeError::Invalid { .. },
             )
             | Error::Input(resources::uinput::InputError::Required(_))
             | Error::Bind { .. }
             | Error::NoUserDataRoot(_)
+            | Error::NotRegistered(_)
             | Error::UserData(resources::volumes::VolumeError::NotADirectory(_))
             | Error::StateDir { .. }
             | Error::Isolation(

@@ -18,6 +18,8 @@ pub struct Metrics {
     pub idle_reaped: Counter,
     pub warm_sessions: Gauge,
     pub sessions: Gauge,
+    /// 1 while the control plane's watch stream is open.
+    pub control_connected: Gauge,
     /// config.json written → app ready → RUNNING.
     pub ready_seconds: Histogram,
     /// Warm container: resources → started container → WAITING row.
@@ -43,6 +45,7 @@ impl Metrics {
             idle_reaped: Counter::default(),
             warm_sessions: Gauge::default(),
             sessions: Gauge::default(),
+            control_connected: Gauge::default(),
             ready_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
             spawn_seconds: Histogram::new(exponential_buckets(0.01, 2.0, 14)),
             registry: Registry::default(),
@@ -72,6 +75,11 @@ impl Metrics {
             "proxy_refused",
             "Proxy and login requests refused",
             m.proxy_refused.clone(),
+        );
+        registry.register(
+            "control_connected",
+            "1 while the control plane's watch stream is open, else 0",
+            m.control_connected.clone(),
         );
         registry.register(
             "idle_reaped",

@@ -7,6 +7,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use berth_common::host_api::SessionState;
 use berth_common::{SessionId, SessionStatus};
 
 use crate::docker::{label, LABEL_PORTS, LABEL_RUNTIME, LABEL_SESSION, LABEL_TTY};
@@ -23,25 +24,12 @@ pub struct Report {
     pub removed_dirs: usize,
 }
 
-#[derive(sqlx::FromRow)]
-struct Row {
-    id: SessionId,
-    status: SessionStatus,
-    user_id: Option<String>,
-    token_sha256: Option<String>,
-}
+type Row = SessionState;
 
 pub async fn reconcile(host: &Arc<Host>) -> Result<Report, crate::Error> {
     let mut report = Report::default();
     let containers = host.docker.list_host_containers(&host.id).await?;
-    let rows: Vec<Row> =
-        sqlx::query_as("SELECT id, status, user_id, token_sha256 FROM sessions WHERE host_id = $1")
-            .bind(&host.id)
-            .fetch_all(&host.db)
-            .await
-            .map_err(berth_common::db::DbError::query(
-                "reading this host's sessions",
-            ))?;
+    let rows: Vec<Row> = host.control.sessions().await?;
     let mut rows: HashMap<SessionId, Row> = rows.into_iter().map(|r| (r.id, r)).collect();
 
     let mut strays: Vec<(String, Option<SessionId>)> = vec![];
@@ -74,24 +62,22 @@ pub async fn reconcile(host: &Arc<Host>) -> Result<Report, crate::Error> {
         }
         if let Some(id) = id {
             let _ = SessionPaths::new(&host.config, *id).remove();
-            let _ = sqlx::query("DELETE FROM sessions WHERE id = $1")
-                .bind(id)
-                .execute(&host.db)
-                .await;
+            if let Err(error) = host.control.ended(*id).await {
+                tracing::warn!(session = %id, %error, "removing a reaped session's row failed; the next snapshot ends it");
+            }
         }
     });
     futures_util::future::join_all(reaped).await;
     report.reaped_containers = strays.len();
     // Rows whose container is gone: the session cannot be served any more.
     for id in rows.keys() {
-        let _ = sqlx::query("DELETE FROM sessions WHERE id = $1")
-            .bind(id)
-            .execute(&host.db)
-            .await;
+        if let Err(error) = host.control.ended(*id).await {
+            tracing::warn!(session = %id, %error, "removing the row of a session without a container failed; the next snapshot ends it");
+        }
         report.deleted_rows += 1;
     }
     report.removed_dirs = remove_stray_dirs(host);
-    tracing::info!(?report, "reconciled with Docker and the database");
+    tracing::info!(?report, "reconciled with Docker and the control plane");
     Ok(report)
 }
 

@@ -1,11 +1,13 @@
-//! A runtime's container settings, read from the `runtimes` table.
+//! A runtime's container settings: its row in the `runtimes` table, read
+//! through the control plane and checked here.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use berth_common::host_api::RuntimeRow;
 use serde::Deserialize;
-use sqlx::PgPool;
 
+use crate::control::{ControlError, ControlPlane};
 use crate::isolation::Egress;
 use crate::resources::ports::ContainerPort;
 
@@ -72,43 +74,26 @@ pub enum RuntimeError {
         why: String,
     },
     #[error("reading runtime {name:?}: {source}")]
-    Db {
+    Unreadable {
         name: String,
         #[source]
-        source: sqlx::Error,
+        source: ControlError,
     },
 }
 
-#[derive(sqlx::FromRow)]
-struct Row {
-    name: String,
-    image: String,
-    ports: serde_json::Value,
-    env: serde_json::Value,
-    memory_mib: i32,
-    cpu_shares: i32,
-    shm_mib: i32,
-    needs_tty: bool,
-    needs_uinput: bool,
-    readiness: serde_json::Value,
-    ready_timeout_s: i32,
-    idle_timeout_s: Option<i32>,
-    init: Option<serde_json::Value>,
-    user_volume: Option<serde_json::Value>,
-    egress: String,
-}
+type Row = RuntimeRow;
 
 impl RuntimeSpec {
-    pub async fn load(db: &PgPool, name: &str) -> Result<Self, RuntimeError> {
-        let row: Row = sqlx::query_as(
-            "SELECT name, image, ports, env, memory_mib, cpu_shares, shm_mib, needs_tty, needs_uinput, \
-                    readiness, ready_timeout_s, idle_timeout_s, init, user_volume, egress FROM runtimes WHERE name = $1",
-        )
-        .bind(name)
-        .fetch_optional(db)
-        .await
-        .map_err(|source| RuntimeError::Db { name: name.to_owned(), source })?
-        .ok_or_else(|| RuntimeError::Unknown(name.to_owned()))?;
+    /// The runtime's row, as the control plane has it.
+    pub async fn load(control: &ControlPlane, name: &str) -> Result<Self, RuntimeError> {
+        let row = control
+            .runtime(name)
+            .await
+            .map_err(|source| RuntimeError::Unreadable {
+                name: name.to_owned(),
+                source,
+            })?
+            .ok_or_else(|| RuntimeError::Unknown(name.to_owned()))?;
         Self::from_row(row)
     }
 

@@ -10,7 +10,6 @@ use tokio::task::JoinSet;
 use berth_common::SessionId;
 
 use crate::host::Host;
-use crate::registry;
 use crate::runtime::RuntimeSpec;
 use crate::session::spawn::spawn_warm;
 use crate::session::teardown::{spawn_teardown, Ending};
@@ -20,15 +19,15 @@ use crate::session::Phase;
 const RECHECK: Duration = Duration::from_secs(5);
 /// Pause after failed spawns, growing to a minute, so a missing image is not a busy loop.
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
-/// Pause while the database cannot say how many slots are free. Not backed
-/// off: the pool must refill as soon as the database is back, not up to a
-/// minute later (each attempt already waits out the pool's acquire timeout).
-const DATABASE_RETRY: Duration = Duration::from_secs(1);
+/// Pause while the control plane cannot say how many slots are free. Not
+/// backed off: the pool must refill as soon as it is back, not up to a
+/// minute later.
+const CONTROL_PLANE_RETRY: Duration = Duration::from_secs(1);
 
 /// What one refill pass came to.
 enum Refill {
     Done,
-    DatabaseUnavailable,
+    ControlPlaneUnavailable,
     SpawnsFailed,
 }
 
@@ -43,7 +42,7 @@ pub async fn run(host: Arc<Host>) {
                 backoff = Duration::ZERO;
                 RECHECK
             }
-            Refill::DatabaseUnavailable => DATABASE_RETRY,
+            Refill::ControlPlaneUnavailable => CONTROL_PLANE_RETRY,
             Refill::SpawnsFailed => {
                 backoff = (backoff * 2).clamp(Duration::from_secs(1), MAX_BACKOFF);
                 backoff
@@ -62,18 +61,21 @@ pub async fn run(host: Arc<Host>) {
 /// How many warm sessions are missing: the host's free slots minus those
 /// already warm or warming, bounded by capacity.
 async fn refill_once(host: &Arc<Host>) -> Refill {
-    let free_slots = match registry::status(&host.db, &host.id).await {
-        Ok(Some((_, free))) => free as usize,
-        Ok(None) => return Refill::Done,
+    let warm = host.count("WAITING");
+    host.metrics.warm_sessions.set(warm as i64);
+    let room = (host.capacity as usize).saturating_sub(host.session_count() + host.warming());
+    if room == 0 {
+        return Refill::Done;
+    }
+    // Only asked when there is room: the common case costs the control plane nothing.
+    let free_slots = match host.control.status().await {
+        Ok(state) => state.free_slots.max(0) as usize,
         Err(error) => {
             tracing::warn!(%error, "reading free slots failed; retrying");
-            return Refill::DatabaseUnavailable;
+            return Refill::ControlPlaneUnavailable;
         }
     };
-    let warm = host.count("WAITING");
-    let room = (host.capacity as usize).saturating_sub(host.session_count() + host.warming());
     let missing = free_slots.saturating_sub(warm + host.warming()).min(room);
-    host.metrics.warm_sessions.set(warm as i64);
     if missing == 0 {
         return Refill::Done;
     }
@@ -126,7 +128,7 @@ pub async fn refresh_runtime(host: &Arc<Host>) {
         return;
     }
     let current = host.runtime();
-    match RuntimeSpec::load(&host.db, &current.name).await {
+    match RuntimeSpec::load(&host.control, &current.name).await {
         Ok(fresh) if fresh == *current => {}
         Ok(fresh) if fresh.user_volume.is_some() && host.user_data.is_none() => {
             tracing::error!(
@@ -153,24 +155,17 @@ pub async fn refresh_runtime(host: &Arc<Host>) {
 /// whose spawn raced a change), so the pool refills with current ones.
 async fn retire_outdated_warm(host: &Arc<Host>) {
     let current = host.runtime();
-    let stale: Vec<uuid::Uuid> = host
+    let stale: Vec<SessionId> = host
         .sessions()
         .iter()
         .filter(|s| matches!(*s.phase(), Phase::Waiting) && *s.runtime != *current)
-        .map(|s| s.id.0)
+        .map(|s| s.id)
         .collect();
     if stale.is_empty() {
         return;
     }
     // Only rows still WAITING: one the scaler allocated meanwhile is its user's now.
-    let retired: Vec<uuid::Uuid> = match sqlx::query_scalar(
-        "UPDATE sessions SET status = 'DYING', outcome = 'ENDED', status_reason = 'its runtime changed' \
-         WHERE id = ANY($1) AND status = 'WAITING' RETURNING id",
-    )
-    .bind(&stale)
-    .fetch_all(&host.db)
-    .await
-    {
+    let retired = match host.control.retire(stale).await {
         Ok(ids) => ids,
         Err(error) => {
             tracing::warn!(%error, "retiring outdated warm sessions failed; the next resync retries");
@@ -178,7 +173,7 @@ async fn retire_outdated_warm(host: &Arc<Host>) {
         }
     };
     for id in retired {
-        if let Some(session) = host.session(SessionId(id)) {
+        if let Some(session) = host.session(id) {
             spawn_teardown(host, session, Ending::ended("its runtime changed"));
         }
     }

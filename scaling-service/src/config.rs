@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use berth_common::config::CommonArgs;
+use berth_common::db::DatabaseArgs;
 use clap::{Parser, Subcommand, ValueEnum};
 
 #[derive(Debug, Parser)]
@@ -73,6 +74,9 @@ pub struct Config {
     #[command(flatten)]
     pub common: CommonArgs,
 
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+
     /// HTTP listen port (platform convention; TLS is the platform's job).
     #[arg(long, env = "PORT", default_value_t = 8080)]
     pub port: u16,
@@ -80,6 +84,14 @@ pub struct Config {
     /// HTTP listen address.
     #[arg(long, env = "BERTH_LISTEN_IP", default_value = "0.0.0.0")]
     pub listen_ip: IpAddr,
+
+    /// The URL hosts reach this control plane's host API at (`https://…`;
+    /// plain `http://` only for loopback), handed to every launched host.
+    /// Default: this listener's loopback address, which only the `local`
+    /// provider's hosts can reach; required with `aws` outside development
+    /// environments.
+    #[arg(long, env = "BERTH_CONTROL_URL", value_parser = berth_common::host_api::parse_control_url)]
+    pub control_url: Option<String>,
 
     /// Where hosts come from: `aws` (EC2) or `local` (host-service processes on this machine).
     #[arg(long, env = "BERTH_PROVIDER", value_enum, default_value_t = ProviderKind::Aws)]

@@ -93,6 +93,7 @@ async fn call_provider(
         ],
         user_data: user_data(scaler, &region.name, &bootstrap.token),
         bootstrap_token: BootstrapToken(bootstrap.token.clone()),
+        control_url: scaler.control_url().to_owned(),
         subnets: region.subnets(),
         security_groups: region.security_groups(),
         iam_instance_profile: region.iam_instance_profile.clone(),
@@ -136,13 +137,15 @@ async fn call_provider(
     }
 }
 
-/// The user data file with `{region}`, `{env}` and `{bootstrap_token}` filled in.
+/// The user data file with `{region}`, `{env}`, `{control_url}` and
+/// `{bootstrap_token}` filled in.
 fn user_data(scaler: &Scaler, region: &str, bootstrap_token: &str) -> Option<String> {
     let path = scaler.config.user_data_file.as_ref()?;
     match std::fs::read_to_string(path) {
         Ok(text) => Some(
             text.replace("{region}", region)
                 .replace("{env}", &scaler.config.common.environment)
+                .replace("{control_url}", scaler.control_url())
                 .replace("{bootstrap_token}", bootstrap_token),
         ),
         Err(error) => {

@@ -42,6 +42,8 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    #[error("BERTH_CONTROL_URL is not set: hosts launched on EC2 must be told where the control plane's host API is (e.g. https://berth-control.example.com); only development environments (BERTH_ENV dev or dev-*) default to this listener's loopback address")]
+    NoControlUrl,
     #[error("binding the API on {addr}: {source}; is PORT in use?")]
     Bind {
         addr: std::net::SocketAddr,
@@ -58,6 +60,7 @@ impl Error {
             | Error::Bind { .. }
             | Error::LocalProvider(_)
             | Error::UserData { .. }
+            | Error::NoControlUrl
             | Error::HostId(_)
             | Error::HostToken(host_api::identity::IssueError::Conflict(_)) => exit::CONFIG,
             _ => exit::RUNTIME,

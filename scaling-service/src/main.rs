@@ -27,8 +27,8 @@ fn main() -> ExitCode {
                 client_sha,
             }) => {
                 let pool =
-                    db::connect(&config.common.database_url, "scaling-service deploy", 1).await?;
-                db::prepare_schema(&pool, config.common.migrate).await?;
+                    db::connect(&config.database.database_url, "scaling-service deploy", 1).await?;
+                db::prepare_schema(&pool, config.database.migrate).await?;
                 let id = deploy::start(
                     &pool,
                     &region,
@@ -42,8 +42,8 @@ fn main() -> ExitCode {
             }
             Some(Command::DeployRelease { region }) => {
                 let pool =
-                    db::connect(&config.common.database_url, "scaling-service deploy", 1).await?;
-                db::prepare_schema(&pool, config.common.migrate).await?;
+                    db::connect(&config.database.database_url, "scaling-service deploy", 1).await?;
+                db::prepare_schema(&pool, config.database.migrate).await?;
                 deploy::release(&pool, &region).await?;
                 println!("region {region}: release signal given");
                 Ok(())
@@ -67,9 +67,9 @@ fn main() -> ExitCode {
                 instance_type,
             }) => {
                 let pool =
-                    db::connect(&config.common.database_url, "scaling-service host-token", 1)
+                    db::connect(&config.database.database_url, "scaling-service host-token", 1)
                         .await?;
-                db::prepare_schema(&pool, config.common.migrate).await?;
+                db::prepare_schema(&pool, config.database.migrate).await?;
                 let host = HandStartedHost {
                     id: HostId::parse(host_id).map_err(Error::HostId)?,
                     region,

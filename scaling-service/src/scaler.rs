@@ -76,6 +76,12 @@ impl Scaler {
         }
     }
 
+    /// Where hosts reach the host API: BERTH_CONTROL_URL, or (filled in at
+    /// start) this listener's loopback address.
+    pub fn control_url(&self) -> &str {
+        self.config.control_url.as_deref().unwrap_or_default()
+    }
+
     /// An assign as the API runs it: admitted by the concurrency limit and
     /// bounded by the assign deadline (`None` when the deadline passed).
     pub async fn assign(

@@ -29,7 +29,6 @@ pub async fn start(config: Config) -> Result<Service, Error> {
         ProviderKind::Local => Arc::new(LocalProvider::new(LocalSettings {
             binary: config.local_host_binary.clone(),
             dir: config.local_dir.clone(),
-            database_url: config.common.database_url.clone(),
             environment: config.common.environment.clone(),
             runtime: config.local_runtime.clone(),
             heartbeat_secs: config.heartbeat_secs,
@@ -41,18 +40,24 @@ pub async fn start(config: Config) -> Result<Service, Error> {
 
 /// Starts with a given provider (tests put a fault-injecting one in front).
 pub async fn start_with_provider(
-    config: Config,
+    mut config: Config,
     provider: Arc<dyn Provider>,
 ) -> Result<Service, Error> {
     let auth = Authenticator::from_config(&config)?;
+    if config.control_url.is_none()
+        && config.provider == crate::config::ProviderKind::Aws
+        && !berth_common::config::is_development(&config.common.environment)
+    {
+        return Err(Error::NoControlUrl);
+    }
     if let Some(path) = &config.user_data_file {
         std::fs::read_to_string(path).map_err(|source| Error::UserData {
             path: path.clone(),
             source,
         })?;
     }
-    let pool = db::connect(&config.common.database_url, "scaling-service", 32).await?;
-    db::prepare_schema(&pool, config.common.migrate).await?;
+    let pool = db::connect(&config.database.database_url, "scaling-service", 32).await?;
+    db::prepare_schema(&pool, config.database.migrate).await?;
     let addr = SocketAddr::new(config.listen_ip, config.port);
     let listener = TcpListener::bind(addr)
         .await
@@ -60,6 +65,13 @@ pub async fn start_with_provider(
     let addr = listener
         .local_addr()
         .map_err(|source| Error::Bind { addr, source })?;
+    if config.control_url.is_none() {
+        let ip = match addr.ip() {
+            ip if ip.is_unspecified() => std::net::IpAddr::from([127, 0, 0, 1]),
+            ip => ip,
+        };
+        config.control_url = Some(format!("http://{}", SocketAddr::new(ip, addr.port())));
+    }
     let scaler = Arc::new(Scaler::new(
         config,
         pool,

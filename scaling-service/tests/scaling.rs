@@ -244,6 +244,7 @@ async fn an_instance_unknown_to_the_database_is_terminated_by_the_sweep() {
         ],
         user_data: None,
         bootstrap_token: Default::default(),
+        control_url: String::new(),
         subnets: vec![],
         security_groups: vec![],
         iam_instance_profile: None,

@@ -33,6 +33,30 @@ pub const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long the first connection at start may take before the start fails.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Where the database is and whether to migrate it: the settings of every
+/// process that holds a database connection (the control plane, its
+/// operator commands), flattened into its command line.
+#[derive(Clone, Debug, clap::Args)]
+pub struct DatabaseArgs {
+    /// PostgreSQL URL, e.g. postgres://berth:secret@db.internal:5432/berth.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: String,
+
+    /// Apply pending schema migrations at start: `true` or `false`.
+    ///
+    /// With `true` the migrations this binary embeds that the database lacks
+    /// are applied before anything is served (safe with several processes
+    /// starting at once). With `false` nothing is changed, and the binary
+    /// refuses to start (exit 78, not restarted by the systemd units) unless
+    /// every one of its migrations is already applied unchanged — it never
+    /// serves, or reports ready, on a schema older than its code. Either way a
+    /// schema that also has a newer release's migrations is accepted with a
+    /// warning, so the previous release keeps running during a rollout.
+    #[arg(long, env = "BERTH_MIGRATE", default_value_t = true, action = clap::ArgAction::Set, require_equals = true,
+          num_args = 0..=1, default_missing_value = "true", value_parser = crate::config::strict_bool())]
+    pub migrate: bool,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
     #[error("invalid DATABASE_URL: {0}; expected postgres://user:password@host:port/database")]

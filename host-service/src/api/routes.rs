@@ -209,20 +209,15 @@ async fn init_answer(
     session: &Session,
     token: &str,
 ) -> Result<serde_json::Value, ApiError> {
-    let sealed: Option<Option<Vec<u8>>> =
-        sqlx::query_scalar("SELECT init_sealed FROM sessions WHERE id = $1")
-            .bind(session.id)
-            .fetch_optional(&host.db)
-            .await
-            .map_err(|error| {
-                tracing::warn!(session = %session.id, %error, "reading the init answer failed");
-                ApiError::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "DATABASE_UNAVAILABLE",
-                    "the host could not read the init answer just now; retry",
-                )
-            })?;
-    let Some(sealed) = sealed.flatten() else {
+    let sealed = host.control.init(session.id).await.map_err(|error| {
+        tracing::warn!(session = %session.id, %error, "reading the init answer failed");
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "CONTROL_PLANE_UNAVAILABLE",
+            "the host could not read the init answer just now; retry",
+        )
+    })?;
+    let Some(sealed) = sealed else {
         return Ok(serde_json::Value::Null);
     };
     init::open(token, session.id, &sealed)

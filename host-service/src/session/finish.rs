@@ -1,5 +1,5 @@
 //! Finishing an allocated session for its user: claim it (ALLOCATED →
-//! CONNECTING, one guarded UPDATE), accept exactly one json_transport with the
+//! CONNECTING, one guarded report to the control plane), accept exactly one json_transport with the
 //! session's token, write config.json atomically, wait for the app, mark
 //! RUNNING. Timeouts tear the session down and free its slot.
 
@@ -8,14 +8,19 @@ use std::time::{Duration, Instant};
 
 use berth_common::atomic_file::replace;
 use berth_common::auth::{token_matches, token_sha256_hex};
-use berth_common::db::DbError;
-use berth_common::SessionId;
+use berth_common::host_api::SessionState;
+use berth_common::{SessionId, SessionStatus};
 
 use super::teardown::{spawn_teardown, teardown, Ending};
 use super::{Owner, Phase, Session};
+use crate::control::ControlError;
 use crate::host::Host;
 use crate::readiness::wait_ready;
 use crate::resources::PortMapping;
+
+/// How long a finished session's RUNNING report is repeated before the
+/// session is given up (the client's json_transport waits meanwhile).
+const RUNNING_REPORT_PATIENCE: Duration = Duration::from_secs(20);
 
 #[derive(Debug, thiserror::Error)]
 pub enum FinishError {
@@ -43,24 +48,19 @@ pub async fn claim(
     host: &Arc<Host>,
     session: &Arc<Session>,
     token: Option<&str>,
-) -> Result<bool, DbError> {
+) -> Result<bool, ControlError> {
     let _serial = session.claim_lock.lock().await;
     if !matches!(*session.phase(), Phase::Waiting) {
         return Ok(false);
     }
     let presented = token.map(token_sha256_hex);
-    let claimed: Option<(String, String)> = sqlx::query_as(
-        "UPDATE sessions SET status = 'CONNECTING', connecting_at = now() \
-         WHERE id = $1 AND host_id = $2 AND status = 'ALLOCATED' AND ($3::text IS NULL OR token_sha256 = $3) \
-         RETURNING user_id, token_sha256",
-    )
-    .bind(session.id)
-    .bind(&host.id)
-    .bind(presented)
-    .fetch_optional(&host.db)
-    .await
-    .map_err(DbError::query("claiming an allocated session"))?;
-    let Some((user_id, token_sha256)) = claimed else {
+    let claimed = host.control.claim(session.id, presented).await?;
+    let Some(SessionState {
+        user_id: Some(user_id),
+        token_sha256: Some(token_sha256),
+        ..
+    }) = claimed
+    else {
         return Ok(false);
     };
     crate::faults::point("claim.after_update");
@@ -118,9 +118,10 @@ pub async fn json_transport(
     let received = Instant::now();
     let session = host.session(id).ok_or(FinishError::Forbidden)?;
     // The client may be faster than the ALLOCATED hint.
+    // A failed claim changed nothing: the client may retry.
     let claimed = claim(host, &session, Some(token))
         .await
-        .map_err(|e| FinishError::Internal(e.to_string()))?;
+        .map_err(|e| FinishError::Unavailable(e.to_string()))?;
     // A claim made by this call compared the presented token with the row's
     // hash in the same guarded UPDATE, so re-reading the row would only repeat
     // that check. Otherwise the hint claimed it earlier and the scaler may
@@ -167,21 +168,19 @@ pub async fn json_transport(
 /// scaler re-issues the token whenever the client repeats its assign, so the
 /// hash cached at claim may be stale either way (an old token must stop
 /// working, a new one must start); once RUNNING the token no longer changes.
-pub async fn current_owner(host: &Host, session: &Session) -> Result<Option<Owner>, DbError> {
+pub async fn current_owner(host: &Host, session: &Session) -> Result<Option<Owner>, ControlError> {
     {
         let phase = session.phase();
         if !matches!(&*phase, Phase::Connecting(_) | Phase::Finishing(_)) {
             return Ok(phase.owner().cloned());
         }
     }
-    let stored: Option<String> = sqlx::query_scalar(
-        "SELECT token_sha256 FROM sessions WHERE id = $1 AND status = 'CONNECTING'",
-    )
-    .bind(session.id)
-    .fetch_optional(&host.db)
-    .await
-    .map_err(DbError::query("re-reading a session's token"))?
-    .flatten();
+    let stored = host
+        .control
+        .session(session.id)
+        .await?
+        .filter(|row| row.status == SessionStatus::Connecting)
+        .and_then(|row| row.token_sha256);
     let mut phase = session.phase();
     if let (Some(stored), Phase::Connecting(owner) | Phase::Finishing(owner)) =
         (stored, &mut *phase)
@@ -276,17 +275,30 @@ async fn finish(
         }
     };
     let initialized = Instant::now();
-    let marked = sqlx::query(
-        "UPDATE sessions SET status = 'RUNNING', ready_at = now(), last_activity_at = now(), \
-                init_sealed = $2 WHERE id = $1 AND status = 'CONNECTING'",
+    // The client waits for this answer: a control plane away for a few
+    // seconds costs a few seconds, not the session.
+    let marked = tokio::time::timeout(
+        RUNNING_REPORT_PATIENCE,
+        host.control
+            .until_accepted("marking a session RUNNING", &host.stop, || {
+                host.control.running(session.id, sealed.as_deref())
+            }),
     )
-    .bind(session.id)
-    .bind(sealed)
-    .execute(&host.db)
-    .await;
+    .await
+    .unwrap_or_else(|_| {
+        Err(ControlError::Refused {
+            doing: "marking a session RUNNING",
+            status: 503,
+            code: "TIMEOUT".into(),
+            message: format!(
+                "not accepted within {} s",
+                RUNNING_REPORT_PATIENCE.as_secs()
+            ),
+        })
+    });
     match marked {
-        Ok(r) if r.rows_affected() == 1 => crate::faults::point("finish.after_running"),
-        Ok(_) => return Err(FinishError::Gone("it was ended while starting".into())),
+        Ok(true) => crate::faults::point("finish.after_running"),
+        Ok(false) => return Err(FinishError::Gone("it was ended while starting".into())),
         Err(e) => {
             spawn_teardown(
                 &host,

@@ -1,15 +1,16 @@
 //! Making a warm session: resources, directories, devices, a started
-//! container, then the WAITING row — so the scaler only ever hands out
+//! container, then its report to the control plane (a WAITING row) — so the scaler only ever hands out
 //! sessions whose container already runs. Any failure undoes what was done.
 
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use berth_common::db::DbError;
+use berth_common::host_api::WarmSession;
 use berth_common::SessionId;
 
 use super::dir::SessionPaths;
 use super::{Phase, Session};
+use crate::control::ControlError;
 use crate::docker::{ContainerSpec, DockerError};
 use crate::host::Host;
 use crate::resources::uinput::{InputError, SessionInput};
@@ -32,8 +33,8 @@ pub enum SpawnError {
     Input(#[from] InputError),
     #[error(transparent)]
     Docker(#[from] DockerError),
-    #[error("recording the warm session: {0}")]
-    Db(#[from] DbError),
+    #[error("reporting the warm session: {0}")]
+    Report(#[from] ControlError),
 }
 
 /// What has been reserved so far, undone on failure.
@@ -111,9 +112,14 @@ pub async fn spawn_warm(host: &Arc<Host>) -> Result<Arc<Session>, SpawnError> {
     // In the table before the row exists: an allocation hint can then never
     // name a session this daemon does not know.
     host.insert_session(session.clone());
-    if let Err(e) = insert_row(host, &session).await {
+    if let Err(e) = report_warm(host, &session).await {
         host.remove_session(id);
         super::teardown::release(host, &session).await;
+        // The report may have landed with only its answer lost: a row
+        // without a container must not be handed to a user.
+        if let Err(error) = host.control.ended(id).await {
+            tracing::warn!(session = %id, %error, "could not withdraw a warm session's report; the next snapshot ends its row");
+        }
         return Err(e.into());
     }
     crate::faults::point("spawn.after_row");
@@ -172,20 +178,13 @@ async fn build(
     Ok(host.docker.container_ip(&container_id).await?)
 }
 
-async fn insert_row(host: &Host, session: &Session) -> Result<(), DbError> {
-    let ports = serde_json::to_value(&session.ports).unwrap_or_default();
-    sqlx::query(
-        "INSERT INTO sessions (id, host_id, runtime, status, container_id, tty, ports) \
-         VALUES ($1, $2, $3, 'WAITING', $4, $5, $6)",
-    )
-    .bind(session.id)
-    .bind(&host.id)
-    .bind(&session.runtime.name)
-    .bind(&session.container_id)
-    .bind(session.tty.map(i32::from))
-    .bind(ports)
-    .execute(&host.db)
-    .await
-    .map_err(DbError::query("inserting a WAITING session"))?;
-    Ok(())
+async fn report_warm(host: &Host, session: &Session) -> Result<(), ControlError> {
+    let warm = WarmSession {
+        id: session.id,
+        runtime: session.runtime.name.clone(),
+        container_id: session.container_id.clone(),
+        tty: session.tty.map(i32::from),
+        ports: serde_json::to_value(&session.ports).unwrap_or_default(),
+    };
+    host.control.warm_created(&warm).await
 }

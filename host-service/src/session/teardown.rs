@@ -7,6 +7,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+use berth_common::host_api::Dying;
 use berth_common::SessionOutcome;
 
 use super::{Phase, Session};
@@ -56,17 +57,11 @@ pub async fn teardown(host: &Arc<Host>, session: &Arc<Session>, ending: &Ending)
     }
     tracing::info!(session = %session.id, outcome = %ending.outcome, reason = %ending.reason, "tearing down session");
     // The first recorded cause wins (e.g. the owner's delete through the scaler).
-    let marked = sqlx::query(
-        "UPDATE sessions SET status = 'DYING', \
-                status_reason = CASE WHEN outcome IS NULL THEN $2 ELSE status_reason END, \
-                outcome = coalesce(outcome, $3) WHERE id = $1",
-    )
-    .bind(session.id)
-    .bind(&ending.reason)
-    .bind(ending.outcome)
-    .execute(&host.db)
-    .await;
-    if let Err(error) = marked {
+    let dying = Dying {
+        outcome: ending.outcome,
+        reason: ending.reason.clone(),
+    };
+    if let Err(error) = host.control.dying(session.id, &dying).await {
         tracing::warn!(session = %session.id, %error, "could not mark the session DYING; continuing teardown");
     }
     crate::faults::point("teardown.after_dying");
@@ -77,12 +72,15 @@ pub async fn teardown(host: &Arc<Host>, session: &Arc<Session>, ending: &Ending)
         return;
     }
     crate::faults::point("teardown.after_container");
-    let deleted = sqlx::query("DELETE FROM sessions WHERE id = $1")
-        .bind(session.id)
-        .execute(&host.db)
+    // The slot is free only once the row is gone: the report must arrive.
+    let deleted = host
+        .control
+        .until_accepted("deleting a session", &host.stop, || {
+            host.control.ended(session.id)
+        })
         .await;
     if let Err(error) = deleted {
-        tracing::error!(session = %session.id, %error, "deleting the session row failed; the next resync removes it");
+        tracing::error!(session = %session.id, %error, "deleting the session row failed; the next snapshot removes it");
     }
     crate::faults::point("teardown.after_delete");
     host.remove_session(session.id);

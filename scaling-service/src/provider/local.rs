@@ -44,7 +44,6 @@ struct Record {
 pub struct LocalSettings {
     pub binary: PathBuf,
     pub dir: PathBuf,
-    pub database_url: String,
     pub environment: String,
     pub runtime: String,
     pub heartbeat_secs: u64,
@@ -153,7 +152,12 @@ impl LocalProvider {
         let s = &self.settings;
         let mut command = Command::new(&s.binary);
         command
-            .args(["--database-url", &s.database_url, "--env", &s.environment])
+            .args([
+                "--control-url",
+                &request.control_url,
+                "--env",
+                &s.environment,
+            ])
             .args(["--imds-endpoint", &imds.endpoint()])
             .arg("--state-dir")
             .arg(dir.join("state"))
@@ -352,7 +356,6 @@ pub fn remove_all(dir: &Path, environment: &str) -> usize {
         settings: LocalSettings {
             binary: PathBuf::new(),
             dir: dir.to_owned(),
-            database_url: String::new(),
             environment: environment.to_owned(),
             runtime: String::new(),
             heartbeat_secs: 30,

@@ -53,6 +53,8 @@ pub struct LaunchRequest {
     /// Handed to the instances (in the user data, or the local host's
     /// environment) so they can register with the host API.
     pub bootstrap_token: BootstrapToken,
+    /// Where the instances reach the host API (BERTH_CONTROL_URL).
+    pub control_url: String,
     pub subnets: Vec<Selector>,
     pub security_groups: Vec<Selector>,
     pub iam_instance_profile: Option<String>,

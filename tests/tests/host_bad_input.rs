@@ -1,6 +1,7 @@
 //! json_transport refuses bad input with the right status and changes
 //! nothing on disk or in the database.
 
+#[path = "host_support/mod.rs"]
 mod support;
 
 use std::time::Duration;

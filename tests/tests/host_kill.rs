@@ -4,6 +4,7 @@
 //! the rows say, keep running sessions serving, let a client whose session was
 //! claimed finish it with a retry, and finish a drain.
 
+#[path = "host_support/mod.rs"]
 mod support;
 
 use std::collections::BTreeSet;
@@ -17,7 +18,7 @@ use support::*;
 use uuid::Uuid;
 
 fn start(argv: &[String], fault: Option<&str>) -> KillOnDrop {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_host-service"));
+    let mut command = Command::new(host_binary());
     command
         .args(&argv[1..])
         .env("RUST_LOG", "error")

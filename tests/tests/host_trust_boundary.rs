@@ -2,6 +2,7 @@
 //! (`/berth`, the host's `sessions/<id>`) must never redirect a root write of
 //! the daemon or make the daemon look outside that directory.
 
+#[path = "host_support/mod.rs"]
 mod support;
 
 use std::time::Duration;

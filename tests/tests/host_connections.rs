@@ -2,6 +2,7 @@
 //! serves at once: the first are cut off within the header timeout (also after
 //! a completed TLS handshake), the second refused at once; others are served.
 
+#[path = "host_support/mod.rs"]
 mod support;
 
 use std::sync::Arc;

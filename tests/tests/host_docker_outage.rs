@@ -2,6 +2,7 @@
 //! socket proxy this test can cut (DOCKER_HOST), so the shared engine is never
 //! stopped. The only test in its binary, because DOCKER_HOST is process-wide.
 
+#[path = "host_support/mod.rs"]
 mod support;
 
 use std::path::PathBuf;

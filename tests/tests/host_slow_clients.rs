@@ -3,6 +3,7 @@
 //! after its timeout, none of them stalls other clients, and none changes
 //! the session it named.
 
+#[path = "host_support/mod.rs"]
 mod support;
 
 use std::sync::Arc;

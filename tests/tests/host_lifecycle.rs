@@ -1,6 +1,7 @@
 //! The whole session lifecycle on real Docker and PostgreSQL:
 //! WAITING → ALLOCATED → CONNECTING → RUNNING → teardown.
 
+#[path = "host_support/mod.rs"]
 mod support;
 
 use std::collections::HashSet;

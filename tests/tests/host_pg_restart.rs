@@ -2,6 +2,7 @@
 //! cargo runs test binaries one at a time, so restarting the shared server
 //! disturbs nobody else. Needs root and a Debian cluster (scripts/setup).
 
+#[path = "host_support/mod.rs"]
 mod support;
 
 use std::time::{Duration, Instant};

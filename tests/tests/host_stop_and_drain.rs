@@ -1,6 +1,7 @@
 //! SIGTERM stops only the daemon (sessions keep running and the next start
 //! adopts them); DRAINING ends the host.
 
+#[path = "host_support/mod.rs"]
 mod support;
 
 use std::process::Stdio;
@@ -24,7 +25,7 @@ async fn sigterm_leaves_sessions_running_and_a_restart_adopts_them() {
     let (db, host_id, state_dir, argv) = process_host(2).await;
     let spawn = || {
         KillOnDrop(
-            std::process::Command::new(env!("CARGO_BIN_EXE_host-service"))
+            std::process::Command::new(host_binary())
                 .args(&argv[1..])
                 .env("RUST_LOG", "warn")
                 .stdout(Stdio::null())

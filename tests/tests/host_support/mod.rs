@@ -1,7 +1,10 @@
-//! Harness for the daemon's tests on the real parts: a fresh PostgreSQL
-//! database per test (from DATABASE_URL), the real Docker engine with the
-//! locally built test image (BERTH_TEST_IMAGE), and the daemon itself
-//! in-process or as a process.
+//! Harness for host-service's tests on the real parts: a fresh PostgreSQL
+//! database per test (from DATABASE_URL) with its own control plane (the
+//! real scaling-service, in this process, serving the host API the daemon
+//! talks to), the real Docker engine with the locally built test image
+//! (BERTH_TEST_IMAGE), and the daemon itself in-process or as a process.
+//! Tests read and change rows directly, as the scaler's assign or an
+//! operator would; the daemon only ever sees the control plane.
 
 #![allow(dead_code)]
 
@@ -18,6 +21,8 @@ use clap::Parser;
 use host_service::config::Cli;
 use host_service::daemon::{self, Daemon};
 use host_service::host::Host;
+use scaling_service::host_api::identity::{issue_for_host, HandStartedHost};
+use scaling_service::service::{self, Service};
 use sqlx::PgPool;
 use uuid::Uuid;
 
@@ -27,7 +32,139 @@ pub fn test_image() -> String {
     std::env::var("BERTH_TEST_IMAGE").unwrap_or_else(|_| "berth-test-app:1".to_owned())
 }
 
-pub use berth_testing::{eventually, TestDb};
+pub use berth_testing::eventually;
+
+/// A test's database and the control plane serving it.
+pub struct TestDb {
+    inner: berth_testing::TestDb,
+    control: Option<Service>,
+    /// Where hosts reach the control plane (the same across restarts).
+    pub control_url: String,
+    control_argv: Vec<String>,
+}
+
+impl std::ops::Deref for TestDb {
+    type Target = berth_testing::TestDb;
+    fn deref(&self) -> &Self::Target {
+        &self.inner
+    }
+}
+
+impl TestDb {
+    /// A fresh, migrated database and a control plane on it.
+    pub async fn new() -> Self {
+        let inner = berth_testing::TestDb::new().await;
+        let mut argv: Vec<String> = [
+            "scaling-service",
+            "--database-url",
+            &inner.url,
+            "--env",
+            "dev-hosttest",
+            "--port",
+            "0",
+            "--listen-ip",
+            "127.0.0.1",
+            "--provider",
+            "local",
+            "--local-dir",
+            &std::env::temp_dir()
+                .join(format!("berth-cp-{}", inner.name))
+                .display()
+                .to_string(),
+            "--auth-hs256-secret",
+            "host-tests-do-not-assign-through-the-api",
+            "--operator-token",
+            berth_testing::OPERATOR_TOKEN,
+            "--log-filter",
+            "warn",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let control = start_control_plane(&argv).await;
+        // A restarted control plane listens where its hosts were told it is.
+        let at = argv.iter().position(|a| a == "--port").unwrap() + 1;
+        argv[at] = control.addr.port().to_string();
+        Self {
+            control_url: format!("http://{}", control.addr),
+            inner,
+            control: Some(control),
+            control_argv: argv,
+        }
+    }
+
+    /// A bootstrap token for a host started by hand with this id and capacity
+    /// (as `scaling-service host-token` prints it).
+    pub async fn host_token(&self, host_id: &str, capacity: u16) -> String {
+        let host = HandStartedHost {
+            id: berth_common::HostId::parse(host_id).unwrap(),
+            region: "local".into(),
+            image_id: "local".into(),
+            instance_type: "local".into(),
+            capacity: i32::from(capacity),
+        };
+        issue_for_host(&self.pool, &host, 600)
+            .await
+            .expect("issuing a bootstrap token")
+    }
+
+    /// Stops the control plane, as a crash or a deploy of it would; hosts
+    /// keep running.
+    pub async fn stop_control_plane(&mut self) {
+        if let Some(control) = self.control.take() {
+            control.stop().await;
+        }
+    }
+
+    /// Starts the control plane again on the same address.
+    pub async fn start_control_plane(&mut self) {
+        if self.control.is_none() {
+            self.control = Some(start_control_plane(&self.control_argv).await);
+        }
+    }
+
+    /// Stops the control plane and drops the database.
+    pub async fn drop_database(mut self) {
+        self.stop_control_plane().await;
+        self.inner.drop_database().await;
+    }
+}
+
+async fn start_control_plane(argv: &[String]) -> Service {
+    let config = scaling_service::config::Cli::try_parse_from(argv)
+        .expect("valid scaling-service arguments")
+        .config;
+    // The port may still be held for a moment by the control plane just stopped.
+    let started = std::time::Instant::now();
+    loop {
+        match service::start(config.clone()).await {
+            Ok(service) => return service,
+            Err(error) if started.elapsed() < Duration::from_secs(10) => {
+                eprintln!("control plane not started yet ({error}); retrying");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(error) => panic!("the control plane does not start: {error}"),
+        }
+    }
+}
+
+/// The host-service binary cargo built for this test run (scripts/test's
+/// `cargo test --workspace` builds it).
+pub fn host_binary() -> PathBuf {
+    // target/debug/deps/host_kill-… → target/debug/host-service
+    let exe = std::env::current_exe().expect("test executable path");
+    let bin = exe
+        .parent()
+        .and_then(|d| d.parent())
+        .map(|d| d.join("host-service"))
+        .expect("target dir");
+    assert!(
+        bin.exists(),
+        "{} is missing: build it first (cargo build -p host-service); scripts/test does",
+        bin.display()
+    );
+    bin
+}
 
 /// Adds the test runtime (the locally built app image) to a test database.
 pub async fn add_runtime(db: &TestDb, name: &str, env: serde_json::Value, ready_timeout_s: i32) {
@@ -73,18 +210,23 @@ pub struct TestHost {
     pub args: Vec<String>,
 }
 
-pub fn host_args(
+/// A host's command line: registered with a fresh bootstrap token of `db`'s
+/// control plane.
+pub async fn host_args(
     db: &TestDb,
     args: &HostArgs,
     host_id: &str,
     state_dir: &std::path::Path,
 ) -> Vec<String> {
+    let token = db.host_token(host_id, args.capacity).await;
     let block = NEXT_PORT_BLOCK.fetch_add(1, Ordering::SeqCst);
     let low = 21_000 + block * 100 + (std::process::id() % 50) as u16 * 200;
     let mut argv: Vec<String> = [
         "host-service",
-        "--database-url",
-        &db.url,
+        "--control-url",
+        &db.control_url,
+        "--host-token",
+        &token,
         "--local",
         "--local-host-id",
         host_id,
@@ -117,7 +259,7 @@ pub fn host_args(
 pub async fn start_host(db: &TestDb, args: HostArgs) -> TestHost {
     let host_id = format!("t-{}", &Uuid::new_v4().simple().to_string()[..10]);
     let state_dir = std::env::temp_dir().join(format!("berth-state-{host_id}"));
-    let argv = host_args(db, &args, &host_id, &state_dir);
+    let argv = host_args(db, &args, &host_id, &state_dir).await;
     start_with(argv, host_id, state_dir).await
 }
 
@@ -212,7 +354,8 @@ pub async fn process_host(capacity: u16) -> (TestDb, String, PathBuf, Vec<String
         },
         &host_id,
         &state_dir,
-    );
+    )
+    .await;
     (db, host_id, state_dir, argv)
 }
 

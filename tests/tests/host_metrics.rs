@@ -3,6 +3,7 @@
 //! named `_total`, as `promtool check metrics` wants — and OpenMetrics when
 //! the scraper prefers it, as Prometheus does.
 
+#[path = "host_support/mod.rs"]
 mod support;
 
 use berth_testing::classic_problems;

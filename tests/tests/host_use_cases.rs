@@ -2,6 +2,7 @@
 //! session proxy and what it refuses, the init call whose answer only the
 //! owner gets, idle reaping, and per-user persistent data.
 
+#[path = "host_support/mod.rs"]
 mod support;
 
 use std::sync::Arc;

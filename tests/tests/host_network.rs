@@ -5,6 +5,7 @@
 //! host's own addresses and a network namespace the test creates (the
 //! metadata address is proven blocked by the installed rule, never probed).
 
+#[path = "host_support/mod.rs"]
 mod support;
 
 use std::process::Command;
@@ -143,7 +144,7 @@ async fn a_session_reaches_nothing_but_itself_and_the_outside_its_runtime_allows
     add_runtime(&db, RUNTIME, serde_json::json!({}), 10).await;
     let host_id = format!("t-{}", &uuid::Uuid::new_v4().simple().to_string()[..10]);
     let state_dir = std::env::temp_dir().join(format!("berth-state-{host_id}"));
-    let mut argv = host_args(&db, &HostArgs::default(), &host_id, &state_dir);
+    let mut argv = host_args(&db, &HostArgs::default(), &host_id, &state_dir).await;
     let publish = argv.iter().position(|a| a == "--publish-ip").unwrap();
     argv[publish + 1] = "0.0.0.0".to_owned();
     let th = start_with(argv, host_id, state_dir).await;

@@ -2,6 +2,7 @@
 //! code the daemon uses; uinput where the kernel has it (else a loud skip —
 //! scripts/device-lane proves it on a real kernel).
 
+#[path = "host_support/mod.rs"]
 mod support;
 
 use std::path::Path;
