@@ -46,7 +46,7 @@ impl std::str::FromStr for SessionId {
 }
 
 /// A host's id: the EC2 instance id (or a local name). Restricted to
-/// `[A-Za-z0-9][A-Za-z0-9_.-]{0,47}` so it is safe in NOTIFY channel names,
+/// `[A-Za-z0-9][A-Za-z0-9_.-]{0,47}` so it is safe in notification payloads,
 /// labels and paths.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[cfg_attr(feature = "db", derive(sqlx::Type), sqlx(transparent))]
@@ -74,11 +74,6 @@ impl HostId {
 
     pub fn as_str(&self) -> &str {
         &self.0
-    }
-
-    /// The NOTIFY channel this host listens on.
-    pub fn channel(&self) -> String {
-        format!("host_{}", self.0)
     }
 }
 

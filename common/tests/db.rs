@@ -178,9 +178,7 @@ async fn next_notification(listener: &mut HintListener) -> (String, serde_json::
 
 #[sqlx::test(migrator = "MIGRATOR")]
 async fn each_trigger_notifies_its_channel(pool: PgPool) {
-    let host = HostId::parse("i-0abc").unwrap();
-    let channel = host.channel();
-    let mut listener = HintListener::connect(&pool, &[&channel, "scaling", "config"])
+    let mut listener = HintListener::connect(&pool, &["host_events", "scaling", "config"])
         .await
         .unwrap();
     assert_eq!(
@@ -194,7 +192,8 @@ async fn each_trigger_notifies_its_channel(pool: PgPool) {
     let (c2, p2) = next_notification(&mut listener).await;
     let mut got = [(c1, p1), (c2, p2)];
     got.sort_by(|a, b| a.0.cmp(&b.0));
-    assert_eq!(got[0].0, "host_i-0abc");
+    assert_eq!(got[0].0, "host_events");
+    assert_eq!(got[0].1["host"], "i-0abc");
     assert_eq!(got[0].1["status"], "ACTIVE");
     assert_eq!(got[1].0, "scaling");
     assert_eq!(got[1].1["region"], "us-east-1");
@@ -212,9 +211,10 @@ async fn each_trigger_notifies_its_channel(pool: PgPool) {
         .unwrap();
     let (channel_seen, payload) = next_notification(&mut listener).await;
     assert_eq!(
-        channel_seen, "host_i-0abc",
+        channel_seen, "host_events",
         "a WAITING insert is silent, the allocation is not"
     );
+    assert_eq!(payload["host"], "i-0abc");
     assert_eq!(payload["kind"], "session");
     assert_eq!(payload["id"], session.to_string());
     assert_eq!(payload["status"], "ALLOCATED");

@@ -1,4 +1,4 @@
-//! Inputs that end up in paths, labels, channel names and the host's
+//! Inputs that end up in paths, labels, notification payloads and the host's
 //! identity: ids from requests and values from instance metadata.
 
 use std::net::SocketAddr;
@@ -18,7 +18,7 @@ proptest! {
         if let Ok(id) = HostId::parse(s.clone()) {
             let text = id.as_str();
             prop_assert!(!text.contains('/') && !text.contains('\0') && text != "." && text != "..");
-            prop_assert!(id.channel().len() <= 63, "fits a NOTIFY channel name");
+            prop_assert!(text.len() <= 48, "fits labels and paths");
         }
     }
 }

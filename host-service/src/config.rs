@@ -45,15 +45,18 @@ pub struct Config {
 
     /// The control plane's URL (`https://…`; plain `http://` only to a
     /// loopback address): every read and report about this host goes to its
-    /// host API. The host holds no database credentials.
-    #[arg(long, env = "BERTH_CONTROL_URL", value_parser = berth_common::host_api::parse_control_url)]
-    pub control_url: String,
+    /// host API. The host holds no database credentials. Several URLs,
+    /// comma-separated, name replicas: a call that cannot reach one goes to
+    /// the next.
+    #[arg(long, env = "BERTH_CONTROL_URL", value_delimiter = ',', required = true,
+          value_parser = berth_common::host_api::parse_control_url)]
+    pub control_url: Vec<String>,
 
     /// One-use bootstrap token that registers this host the first time (from
     /// its launch's user data, the local provider, or `scaling-service
     /// host-token`); registration returns the host credential, kept in the
     /// state dir (0600) and used from then on.
-    #[arg(long, env = "BERTH_HOST_TOKEN", hide_env_values = true)]
+    #[arg(long, env = "BERTH_HOST_TOKEN", hide_env_values = true, allow_hyphen_values = true)]
     pub host_token: Option<String>,
 
     /// PEM file with the CA certificate(s) the control plane's certificate is
@@ -254,20 +257,12 @@ mod tests {
         assert!(matches!(cli.command, Some(Command::Drain)));
         assert!(!parse(&["--local=false"]).config.local);
         assert!(parse(&["--local=true"]).config.local);
-        assert!(!parse(&["--migrate=false"]).config.common.migrate);
-        assert!(parse(&["--migrate"]).config.common.migrate);
         assert!(!parse(&[]).config.local);
     }
 
     #[test]
     fn booleans_take_only_true_or_false() {
-        for bad in [
-            "--migrate=no",
-            "--migrate=0",
-            "--migrate=yes",
-            "--local=1",
-            "--local=on",
-        ] {
+        for bad in ["--local=no", "--local=0", "--local=yes", "--local=1", "--local=on"] {
             let argv = [
                 "host-service",
                 "--control-url",
@@ -281,6 +276,32 @@ mod tests {
                 "{bad}: {error}"
             );
         }
+    }
+
+    #[test]
+    fn a_bootstrap_token_may_start_with_a_hyphen() {
+        // Tokens are base64url: one in 64 starts with '-'.
+        let cli = parse(&["--host-token", "-5abcdef", "drain"]);
+        assert_eq!(cli.config.host_token.as_deref(), Some("-5abcdef"));
+        assert!(matches!(cli.command, Some(Command::Drain)));
+    }
+
+    #[test]
+    fn control_urls_are_a_list_of_replicas() {
+        let cli = parse(&[]);
+        assert_eq!(cli.config.control_url, ["http://127.0.0.1:8080"]);
+        let argv = [
+            "host-service",
+            "--control-url",
+            "https://a.example.com,https://b.example.com/",
+        ];
+        let cli = Cli::try_parse_from(argv).unwrap();
+        assert_eq!(
+            cli.config.control_url,
+            ["https://a.example.com", "https://b.example.com"]
+        );
+        let argv = ["host-service", "--control-url", "http://10.0.0.1:8080"];
+        assert!(Cli::try_parse_from(argv).is_err(), "plain http off loopback");
     }
 
     #[test]

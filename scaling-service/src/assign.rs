@@ -273,29 +273,37 @@ async fn repeat(
 
 /// The host: ACTIVE, on its region's CURRENT image (and the client's
 /// commit), with a free slot and a warm session of the runtime, not in
-/// `tried`; by region preference, then fullest first. Locking the host row
-/// with SKIP LOCKED spreads concurrent assigns over hosts instead of queueing
-/// them all on the fullest one.
+/// `tried`; by region preference, then fullest first. One region at a time,
+/// so each lookup walks the `hosts_pick` index in its order and stops at the
+/// first host that qualifies (its cost does not grow with the fleet).
+/// Locking the host row with SKIP LOCKED spreads concurrent assigns over
+/// hosts instead of queueing them all on the fullest one.
 async fn pick_host(
     tx: &mut PgConnection,
     request: &AssignRequest,
     tried: &[String],
 ) -> Result<Option<String>, AssignError> {
-    let sql =         "SELECT h.id FROM hosts h \
+    let sql = "SELECT h.id FROM hosts h \
          JOIN images i ON i.region = h.region AND i.image_id = h.image_id AND i.status = 'CURRENT' \
-         WHERE h.status = 'ACTIVE' AND h.free_slots > 0 AND h.region = ANY($1) AND ($2 = '' OR h.client_sha = $2) \
+         WHERE h.status = 'ACTIVE' AND h.free_slots > 0 AND h.region = $1 AND ($2 = '' OR h.client_sha = $2) \
            AND NOT (h.id = ANY($4)) \
            AND EXISTS (SELECT 1 FROM sessions s WHERE s.host_id = h.id AND s.runtime = $3 AND s.status = 'WAITING') \
-         ORDER BY array_position($1, h.region), h.free_slots, h.id \
+         ORDER BY h.free_slots, h.id \
          LIMIT 1 FOR UPDATE OF h SKIP LOCKED";
-    sqlx::query_scalar(sql)
-        .bind(&request.regions)
-        .bind(&request.client_commit)
-        .bind(&request.runtime)
-        .bind(tried)
-        .fetch_optional(&mut *tx)
-        .await
-        .map_err(q("picking a host"))
+    for region in &request.regions {
+        let host: Option<String> = sqlx::query_scalar(sql)
+            .bind(region)
+            .bind(&request.client_commit)
+            .bind(&request.runtime)
+            .bind(tried)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(q("picking a host"))?;
+        if host.is_some() {
+            return Ok(host);
+        }
+    }
+    Ok(None)
 }
 
 /// Most hosts one assign looks at before answering NO_CAPACITY.

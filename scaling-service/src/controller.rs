@@ -5,6 +5,7 @@
 //! truth and decides once.
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use berth_common::db::{DbError, Hint, HintListener};
 use sqlx::pool::PoolConnection;
@@ -104,8 +105,16 @@ async fn still_locked(conn: &mut PoolConnection<Postgres>) -> bool {
     sqlx::query("SELECT 1").execute(&mut **conn).await.is_ok()
 }
 
+/// A region's passes are at least this far apart: a burst of assigns and
+/// freed slots (each a wake) costs one pass, not one each.
+const MIN_PASS_SPACING: Duration = Duration::from_millis(250);
+/// A region's instances are listed (DescribeInstances) at most this often;
+/// passes in between decide from the rows alone. Every tick lists them.
+const LISTING_SPACING: Duration = Duration::from_secs(5);
+
 pub async fn run_region(scaler: Arc<Scaler>, region: String, mut wake: mpsc::Receiver<()>) {
     let mut lock: Option<PoolConnection<Postgres>> = None;
+    let mut listed: Option<Instant> = None;
     loop {
         if let Some(conn) = lock.as_mut() {
             if !still_locked(conn).await {
@@ -122,16 +131,30 @@ pub async fn run_region(scaler: Arc<Scaler>, region: String, mut wake: mpsc::Rec
                 scaler.evidence.leading(&region);
             }
         }
+        let started = Instant::now();
         if lock.is_some() {
-            if let Err(error) = pass(&scaler, &region).await {
+            let list = listed.is_none_or(|at| at.elapsed() >= LISTING_SPACING);
+            if list {
+                listed = Some(started);
+            }
+            if let Err(error) = pass_with(&scaler, &region, list).await {
                 tracing::error!(region, %error, "controller pass failed; retrying next tick");
             }
             scaler.metrics.passes.inc();
+            scaler
+                .metrics
+                .pass_seconds
+                .observe(started.elapsed().as_secs_f64());
         }
         tokio::select! {
             _ = scaler.stop.cancelled() => break,
             woken = wake.recv() => if woken.is_none() { break },
-            _ = tokio::time::sleep(scaler.config.tick()) => {}
+            _ = tokio::time::sleep(scaler.config.tick()) => listed = None,
+        }
+        // Wakes meanwhile collapse into the one pending in the channel.
+        tokio::select! {
+            _ = scaler.stop.cancelled() => break,
+            _ = tokio::time::sleep_until((started + MIN_PASS_SPACING).into()) => {}
         }
     }
     scaler.evidence.not_leading(&region);
@@ -143,8 +166,14 @@ pub async fn run_region(scaler: Arc<Scaler>, region: String, mut wake: mpsc::Rec
     }
 }
 
-/// One decision round for a region.
+/// One decision round for a region, with the cloud's instance listing.
 pub async fn pass(scaler: &Scaler, region_name: &str) -> Result<(), StateError> {
+    pass_with(scaler, region_name, true).await
+}
+
+/// One decision round; the sweeps that need the cloud's listing run only
+/// when `list` (the listing is rate-bounded, the rows are not).
+async fn pass_with(scaler: &Scaler, region_name: &str, list: bool) -> Result<(), StateError> {
     let Some(region) = state::region(&scaler.db, region_name).await? else {
         return Ok(());
     };
@@ -152,14 +181,17 @@ pub async fn pass(scaler: &Scaler, region_name: &str) -> Result<(), StateError> 
         return Ok(());
     }
     let env = &scaler.config.common.environment;
-    match scaler.provider.describe(region_name, env).await {
-        Ok(cloud) => {
-            launch::resolve_pending(scaler, &region, &cloud).await?;
-            sweeps::lost_instances(scaler, region_name, &cloud).await?;
-            sweeps::orphans(scaler, region_name, &cloud).await?;
-        }
-        Err(error) => {
-            tracing::warn!(region = region_name, %error, "listing instances failed; sweeps wait for the next pass")
+    if list {
+        scaler.metrics.cloud_listings.inc();
+        match scaler.provider.describe(region_name, env).await {
+            Ok(cloud) => {
+                launch::resolve_pending(scaler, &region, &cloud).await?;
+                sweeps::lost_instances(scaler, region_name, &cloud).await?;
+                sweeps::orphans(scaler, region_name, &cloud).await?;
+            }
+            Err(error) => {
+                tracing::warn!(region = region_name, %error, "listing instances failed; sweeps wait for the next pass")
+            }
         }
     }
     sweeps::liveness(scaler, region_name).await?;

@@ -17,6 +17,10 @@ pub struct Metrics {
     pub launch_failures: Counter,
     pub terminations: Counter,
     pub passes: Counter,
+    /// One region controller pass, start to end.
+    pub pass_seconds: Histogram,
+    /// Instance listings (DescribeInstances) made by controller passes.
+    pub cloud_listings: Counter,
     /// Per region: hosts silent past the heartbeat grace right now.
     pub silent_hosts: Family<Vec<(String, String)>, Gauge>,
     /// Per region: 1 while so many hosts are silent together that none is
@@ -43,6 +47,8 @@ impl Metrics {
             launch_failures: Counter::default(),
             terminations: Counter::default(),
             passes: Counter::default(),
+            pass_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 14)),
+            cloud_listings: Counter::default(),
             silent_hosts: Family::default(),
             mass_silence: Family::default(),
             host_streams: Gauge::default(),
@@ -70,6 +76,16 @@ impl Metrics {
             "controller_passes",
             "Region controller passes",
             m.passes.clone(),
+        );
+        registry.register(
+            "controller_pass_seconds",
+            "Duration of one region controller pass",
+            m.pass_seconds.clone(),
+        );
+        registry.register(
+            "cloud_listings",
+            "Instance listings (DescribeInstances) made by region controller passes",
+            m.cloud_listings.clone(),
         );
         registry.register(
             "silent_hosts",

@@ -14,7 +14,6 @@ use std::time::{Duration, Instant};
 
 use berth_common::auth::new_session_token;
 use berth_common::{db, tls, HostId};
-use berth_testing::TestDb;
 use bollard::models::ContainerCreateBody;
 use bollard::query_parameters::{CreateContainerOptionsBuilder, RemoveContainerOptionsBuilder};
 use clap::Parser;
@@ -23,6 +22,12 @@ use host_service::daemon;
 use host_service::isolation;
 use host_service::session::spawn::spawn_warm;
 use host_service::session::teardown::{teardown, Ending};
+
+/// The host tests' harness: a test database with its control plane.
+#[allow(dead_code)]
+#[path = "../tests/host_support/mod.rs"]
+mod support;
+use support::TestDb;
 
 const COLD_RUNS: usize = 12;
 const WARM_RUNS: usize = 40;
@@ -71,17 +76,21 @@ async fn add_runtime(db: &TestDb) {
     }
 }
 
-fn args(
+async fn args(
     db: &TestDb,
     host_id: &str,
     runtime: &str,
     capacity: u16,
     state: &std::path::Path,
 ) -> Vec<String> {
+    let token = db.host_token(host_id, capacity).await;
+    let state = state.join(host_id);
     [
         "host-service",
-        "--database-url",
-        &db.url,
+        "--control-url",
+        &db.control_url,
+        "--host-token",
+        &token,
         "--local",
         "--local-host-id",
         host_id,
@@ -345,7 +354,7 @@ async fn main() {
     let state = std::env::temp_dir().join(format!("berth-bench-{}", std::process::id()));
 
     // 1. Cold spin-up: raw Docker vs the daemon's whole warm-session path, interleaved.
-    let cli = Cli::try_parse_from(args(&db, "bench-cold", "bench", 1, &state)).unwrap();
+    let cli = Cli::try_parse_from(args(&db, "bench-cold", "bench", 1, &state).await).unwrap();
     let d = daemon::start(cli.config).await.expect("daemon starts");
     // Let the daemon's own pool fill its one slot first, so it does not compete.
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -374,7 +383,7 @@ async fn main() {
     d.stop().await;
 
     // 2. Warm allocation -> RUNNING, as the client sees json_transport.
-    let cli = Cli::try_parse_from(args(&db, "bench-warm", "bench-web", 1, &state)).unwrap();
+    let cli = Cli::try_parse_from(args(&db, "bench-warm", "bench-web", 1, &state).await).unwrap();
     let d = daemon::start(cli.config).await.expect("daemon starts");
     let client = pinned_client(&d.cert_sha256);
     let host = HostId::parse("bench-warm").unwrap();
@@ -419,7 +428,7 @@ async fn main() {
     // 3. Idle RSS of the daemon process with a warm pool of 2.
     let exe = std::env::var("BERTH_HOST_SERVICE_BIN")
         .unwrap_or_else(|_| "target/debug/host-service".to_owned());
-    let argv = args(&db, "bench-rss", "bench", 2, &state);
+    let argv = args(&db, "bench-rss", "bench", 2, &state).await;
     let mut child = std::process::Command::new(&exe)
         .args(&argv[1..])
         .env("RUST_LOG", "warn")

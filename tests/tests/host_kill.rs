@@ -17,13 +17,31 @@ use host_service::faults::POINTS;
 use support::*;
 use uuid::Uuid;
 
+/// The daemon's log of a test host, kept beside its state dir (and its
+/// last lines quoted when the host misbehaves).
+fn log_path(argv: &[String]) -> std::path::PathBuf {
+    let at = argv.iter().position(|a| a == "--state-dir").unwrap() + 1;
+    std::path::PathBuf::from(format!("{}.log", argv[at]))
+}
+
+fn log_tail(argv: &[String]) -> String {
+    let text = std::fs::read_to_string(log_path(argv)).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(15)..].join("\n")
+}
+
 fn start(argv: &[String], fault: Option<&str>) -> KillOnDrop {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log_path(argv))
+        .expect("the daemon's log file");
     let mut command = Command::new(host_binary());
     command
         .args(&argv[1..])
-        .env("RUST_LOG", "error")
+        .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
-        .stderr(Stdio::null());
+        .stderr(log);
     if let Some(point) = fault {
         command.env("BERTH_FAULT_POINT", point);
     }
@@ -146,10 +164,16 @@ async fn crash_at(point: &'static str) -> Result<(), String> {
     // A claimed session whose client must be able to finish it after the crash.
     let mut claimed: Option<(Uuid, String, reqwest::Client)> = None;
     if group != "spawn" {
-        eventually("warm-up", Duration::from_secs(60), || async {
-            count_status(&db.pool, &host_id, "WAITING").await == 2
-        })
-        .await;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while count_status(&db.pool, &host_id, "WAITING").await != 2 {
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "{point}: no warm pool within 60 s; the daemon said:\n{}",
+                    log_tail(&argv)
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
         let (port, cert) = api(&db, &host_id).await.ok_or("host not ACTIVE")?;
         let client = pinned_client(&cert);
         let url = |p: &str| format!("https://127.0.0.1:{port}{p}");
@@ -283,6 +307,7 @@ async fn crash_at(point: &'static str) -> Result<(), String> {
     };
     remove_host_containers(&host_id);
     berth_testing::remove_tree(&state_dir);
+    let _ = std::fs::remove_file(log_path(&argv));
     db.drop_database().await;
     result.map_err(|e| format!("{point}: {e}"))
 }

@@ -7,6 +7,7 @@
 mod stream;
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::RwLock;
 use std::time::Duration;
 
@@ -43,7 +44,7 @@ const CREDENTIAL_FILE: &str = "host-credential";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ControlError {
-    #[error("the control plane at {url} could not be reached ({source}); check BERTH_CONTROL_URL and that the control plane runs")]
+    #[error("the control plane could not be reached (last tried {url}: {source}); check BERTH_CONTROL_URL and that the control plane runs")]
     Unreachable {
         url: String,
         #[source]
@@ -109,8 +110,14 @@ impl ControlError {
     }
 }
 
+/// `{"error": {"code": …, "message": …}}`, as every Berth API answers errors.
 #[derive(serde::Deserialize)]
 struct ErrorBody {
+    error: ErrorDetail,
+}
+
+#[derive(serde::Deserialize)]
+struct ErrorDetail {
     code: Option<String>,
     message: Option<String>,
 }
@@ -119,24 +126,27 @@ struct ErrorBody {
 #[derive(Debug)]
 pub struct ControlPlane {
     http: reqwest::Client,
-    /// `<BERTH_CONTROL_URL>/v1/host`.
-    base: String,
+    /// `<url>/v1/host` of each control-plane replica the host was given.
+    bases: Vec<String>,
+    /// The replica in use; the next one when it cannot be reached.
+    current: AtomicUsize,
     credential: RwLock<Option<String>>,
     credential_path: PathBuf,
     bootstrap: Option<String>,
 }
 
 impl ControlPlane {
-    /// `url` was checked by the command line (https, or http to loopback).
+    /// `urls` (one per replica, or one in front of them all) were checked
+    /// by the command line: https, or http to loopback.
     pub fn new(
-        url: &str,
+        urls: &[String],
         ca: Option<&Path>,
         state_dir: &Path,
         bootstrap: Option<String>,
     ) -> Result<Self, ControlError> {
         let mut builder = reqwest::Client::builder()
             .use_rustls_tls()
-            .https_only(!url.starts_with("http://"))
+            .https_only(urls.iter().all(|u| u.starts_with("https://")))
             .connect_timeout(CONNECT_TIMEOUT)
             .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("berth-host-service/", env!("CARGO_PKG_VERSION")));
@@ -172,7 +182,11 @@ impl ControlPlane {
         };
         Ok(Self {
             http,
-            base: format!("{}{PREFIX}", url.trim_end_matches('/')),
+            bases: urls
+                .iter()
+                .map(|url| format!("{}{PREFIX}", url.trim_end_matches('/')))
+                .collect(),
+            current: AtomicUsize::new(0),
             credential: RwLock::new(credential),
             credential_path,
             bootstrap: bootstrap.filter(|t| !t.is_empty()),
@@ -276,6 +290,36 @@ impl ControlPlane {
         Ok(())
     }
 
+    /// Sends `request` (built for a replica's base URL) to the replica in
+    /// use, and on to the next ones while a replica cannot be reached.
+    async fn to_replicas(
+        &self,
+        request: impl Fn(&str) -> reqwest::RequestBuilder,
+    ) -> Result<reqwest::Response, ControlError> {
+        let mut unreachable = None;
+        for _ in 0..self.bases.len() {
+            let index = self.current.load(Ordering::Relaxed) % self.bases.len();
+            let base = &self.bases[index];
+            match request(base).send().await {
+                Ok(response) => return Ok(response),
+                Err(source) => {
+                    let next = (index + 1) % self.bases.len();
+                    let _ = self.current.compare_exchange(
+                        index,
+                        next,
+                        Ordering::Relaxed,
+                        Ordering::Relaxed,
+                    );
+                    unreachable = Some(ControlError::Unreachable {
+                        url: base.clone(),
+                        source,
+                    });
+                }
+            }
+        }
+        Err(unreachable.expect("at least one control-plane URL"))
+    }
+
     async fn send<B: Serialize>(
         &self,
         method: Method,
@@ -284,28 +328,27 @@ impl ControlPlane {
         token: &str,
         doing: &'static str,
     ) -> Result<reqwest::Response, ControlError> {
-        let url = format!("{}{path}", self.base);
-        let mut request = self
-            .http
-            .request(method, &url)
-            .bearer_auth(token)
-            .timeout(CALL_TIMEOUT);
-        if let Some(body) = body {
-            request = request.json(body);
-        }
-        let response = request
-            .send()
-            .await
-            .map_err(|source| ControlError::Unreachable {
-                url: self.base.clone(),
-                source,
-            })?;
+        let response = self
+            .to_replicas(|base| {
+                let request = self
+                    .http
+                    .request(method.clone(), format!("{base}{path}"))
+                    .bearer_auth(token)
+                    .timeout(CALL_TIMEOUT);
+                match body {
+                    Some(body) => request.json(body),
+                    None => request,
+                }
+            })
+            .await?;
         if response.status().is_success() {
             return Ok(response);
         }
         let status = response.status();
         let body: Option<ErrorBody> = response.json().await.ok();
-        let (code, message) = body.map(|b| (b.code, b.message)).unwrap_or((None, None));
+        let (code, message) = body
+            .map(|b| (b.error.code, b.error.message))
+            .unwrap_or((None, None));
         Err(ControlError::Refused {
             doing,
             status: status.as_u16(),
@@ -534,18 +577,14 @@ impl ControlPlane {
             .ok_or_else(|| ControlError::NoCredential {
                 path: self.credential_path.clone(),
             })?;
-        let url = format!("{}/watch", self.base);
         let response = self
-            .http
-            .get(&url)
-            .bearer_auth(credential)
-            .header(http::header::ACCEPT, "text/event-stream")
-            .send()
-            .await
-            .map_err(|source| ControlError::Unreachable {
-                url: self.base.clone(),
-                source,
-            })?;
+            .to_replicas(|base| {
+                self.http
+                    .get(format!("{base}/watch"))
+                    .bearer_auth(&credential)
+                    .header(http::header::ACCEPT, "text/event-stream")
+            })
+            .await?;
         if response.status() != StatusCode::OK {
             return Err(ControlError::Refused {
                 doing,

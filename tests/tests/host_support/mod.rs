@@ -34,6 +34,9 @@ pub fn test_image() -> String {
 
 pub use berth_testing::eventually;
 
+/// The HS256 secret test control planes verify user tokens with.
+pub const USER_SECRET: &str = "host-tests-user-token-secret-of-32-bytes";
+
 /// A test's database and the control plane serving it.
 pub struct TestDb {
     inner: berth_testing::TestDb,
@@ -72,7 +75,7 @@ impl TestDb {
                 .display()
                 .to_string(),
             "--auth-hs256-secret",
-            "host-tests-do-not-assign-through-the-api",
+            USER_SECRET,
             "--operator-token",
             berth_testing::OPERATOR_TOKEN,
             "--log-filter",
@@ -139,7 +142,9 @@ async fn start_control_plane(argv: &[String]) -> Service {
     loop {
         match service::start(config.clone()).await {
             Ok(service) => return service,
-            Err(error) if started.elapsed() < Duration::from_secs(10) => {
+            Err(error @ scaling_service::Error::Bind { .. })
+                if started.elapsed() < Duration::from_secs(10) =>
+            {
                 eprintln!("control plane not started yet ({error}); retrying");
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }

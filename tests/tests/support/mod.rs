@@ -139,6 +139,9 @@ impl System {
             .await
             .expect("the scaling service starts");
         let url = format!("http://{}", service.addr);
+        // A restarted scaler listens where its hosts were told the control plane is.
+        let at = argv.iter().position(|a| a == "--port").unwrap() + 1;
+        argv[at] = service.addr.port().to_string();
         let hosts = LocalHosts {
             dir: local_dir.clone(),
             env: env.clone(),
