@@ -56,7 +56,12 @@ pub struct Config {
     /// its launch's user data, the local provider, or `scaling-service
     /// host-token`); registration returns the host credential, kept in the
     /// state dir (0600) and used from then on.
-    #[arg(long, env = "BERTH_HOST_TOKEN", hide_env_values = true, allow_hyphen_values = true)]
+    #[arg(
+        long,
+        env = "BERTH_HOST_TOKEN",
+        hide_env_values = true,
+        allow_hyphen_values = true
+    )]
     pub host_token: Option<String>,
 
     /// PEM file with the CA certificate(s) the control plane's certificate is
@@ -262,7 +267,13 @@ mod tests {
 
     #[test]
     fn booleans_take_only_true_or_false() {
-        for bad in ["--local=no", "--local=0", "--local=yes", "--local=1", "--local=on"] {
+        for bad in [
+            "--local=no",
+            "--local=0",
+            "--local=yes",
+            "--local=1",
+            "--local=on",
+        ] {
             let argv = [
                 "host-service",
                 "--control-url",
@@ -301,7 +312,10 @@ mod tests {
             ["https://a.example.com", "https://b.example.com"]
         );
         let argv = ["host-service", "--control-url", "http://10.0.0.1:8080"];
-        assert!(Cli::try_parse_from(argv).is_err(), "plain http off loopback");
+        assert!(
+            Cli::try_parse_from(argv).is_err(),
+            "plain http off loopback"
+        );
     }
 
     #[test]

@@ -157,6 +157,35 @@ async fn outside_development_tokens_must_name_their_issuer_and_audience() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn launching_on_ec2_needs_the_url_hosts_reach_the_control_plane_at() {
+    let db = TestDb::new().await;
+    let mut argv = args(&db, "prod-eu", &[]);
+    let i = argv.iter().position(|a| a == "--control-url").unwrap();
+    argv.drain(i..i + 2);
+    let run = run_bounded(scaling_service(&argv), Duration::from_secs(20)).await;
+    assert_eq!(run.code, Some(78), "{run:?}");
+    assert!(
+        run.output().contains("BERTH_CONTROL_URL is not set"),
+        "{}",
+        run.output()
+    );
+    // Plain http to anything but loopback is a usage error.
+    let argv = with(
+        args(&db, "prod-eu", &[]),
+        "--control-url",
+        "http://berth-control.internal:8080",
+    );
+    let run = run_bounded(scaling_service(&argv), Duration::from_secs(20)).await;
+    assert_eq!(run.code, Some(64), "{run:?}");
+    assert!(
+        run.stderr.contains("only for a loopback control plane"),
+        "{}",
+        run.stderr
+    );
+    db.drop_database().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn migrate_takes_only_true_or_false() {
     let db = TestDb::new().await;
     let argv = args(&db, &env_name(), &["--migrate=no"]);

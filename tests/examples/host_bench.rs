@@ -24,7 +24,6 @@ use host_service::session::spawn::spawn_warm;
 use host_service::session::teardown::{teardown, Ending};
 
 /// The host tests' harness: a test database with its control plane.
-#[allow(dead_code)]
 #[path = "../tests/host_support/mod.rs"]
 mod support;
 use support::TestDb;

@@ -111,10 +111,12 @@ async fn claimed_by_its_host(db: &TestDb, assigned: &Assigned, within: Duration)
 
 async fn region(db: &TestDb) {
     // The controller neither launches (at max_hosts) nor drains (below target).
-    sqlx::query("INSERT INTO regions (name, target_free_slots, max_hosts) VALUES ('local', 100, 2)")
-        .execute(&db.pool)
-        .await
-        .unwrap();
+    sqlx::query(
+        "INSERT INTO regions (name, target_free_slots, max_hosts) VALUES ('local', 100, 2)",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
     sqlx::query("INSERT INTO images (region, image_id, client_sha, status) VALUES ('local', 'local', '', 'CURRENT')")
         .execute(&db.pool)
         .await

@@ -56,6 +56,10 @@ pub fn args(db: &TestDb, env: &str, extra: &[&str]) -> Vec<String> {
         &db.url,
         "--env",
         env,
+        // Where launched hosts would reach the host API (required with aws
+        // outside development environments; nothing here dials it).
+        "--control-url",
+        "https://berth-control.test",
         "--port",
         "0",
         "--listen-ip",
