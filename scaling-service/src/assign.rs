@@ -188,11 +188,25 @@ async fn assign_once(
     if used >= i64::from(limit) {
         return Err(AssignError::UserLimit(used));
     }
+    let token = new_session_token();
+    for region in &request.regions {
+        if let Some((session_id, host)) =
+            allocate_at_once(&mut tx, user, request, region, &token.sha256_hex).await?
+        {
+            tx.commit().await.map_err(q("committing the assign"))?;
+            return Ok(Assigned {
+                session_id,
+                status: SessionStatus::Allocated,
+                token: Some(token.token),
+                host,
+                created: true,
+            });
+        }
+    }
     let (session_id, host_id) = match pick(&mut tx, request).await? {
         Some(picked) => picked,
         None => return Err(no_capacity_reason(&mut tx, request).await?),
     };
-    let token = new_session_token();
     // The slot and the session in one statement: no slot, no allocation.
     let host: Option<HostInfo> = sqlx::query_as(
         "WITH slot AS (UPDATE hosts SET free_slots = free_slots - 1 \
@@ -269,6 +283,53 @@ async fn repeat(
         host,
         created: false,
     }))
+}
+
+#[derive(sqlx::FromRow)]
+struct AllocatedAtOnce {
+    session_id: Uuid,
+    #[sqlx(flatten)]
+    host: HostInfo,
+}
+
+/// The common case in one round trip: the host [`pick_host`] would pick in
+/// `region`, one of its warm sessions (both locked, skipping rows concurrent
+/// assigns hold), its slot taken and the session allocated. `None` when that
+/// host has no warm session left to lock (or none qualifies): then [`pick`]
+/// looks further, host by host.
+async fn allocate_at_once(
+    tx: &mut PgConnection,
+    user: &str,
+    request: &AssignRequest,
+    region: &str,
+    token_sha256: &str,
+) -> Result<Option<(Uuid, HostInfo)>, AssignError> {
+    let allocated: Option<AllocatedAtOnce> = sqlx::query_as(
+        "WITH picked AS (SELECT h.id FROM hosts h \
+             JOIN images i ON i.region = h.region AND i.image_id = h.image_id AND i.status = 'CURRENT' \
+             WHERE h.status = 'ACTIVE' AND h.free_slots > 0 AND h.region = $1 AND ($2 = '' OR h.client_sha = $2) \
+               AND EXISTS (SELECT 1 FROM sessions s WHERE s.host_id = h.id AND s.runtime = $3 AND s.status = 'WAITING') \
+             ORDER BY h.free_slots, h.id LIMIT 1 FOR UPDATE OF h SKIP LOCKED), \
+         warm AS (SELECT s.id, s.host_id FROM sessions s JOIN picked ON picked.id = s.host_id \
+             WHERE s.runtime = $3 AND s.status = 'WAITING' LIMIT 1 FOR UPDATE OF s SKIP LOCKED), \
+         slot AS (UPDATE hosts SET free_slots = free_slots - 1 FROM warm \
+             WHERE hosts.id = warm.host_id AND hosts.free_slots > 0 AND hosts.status = 'ACTIVE' \
+             RETURNING hosts.id, host(hosts.public_ip) AS ip, hosts.api_port, hosts.cert_sha256) \
+         UPDATE sessions x SET status = 'ALLOCATED', user_id = $4, client_session_id = $5, token_sha256 = $6, \
+                allocated_at = now() \
+         FROM warm JOIN slot ON slot.id = warm.host_id WHERE x.id = warm.id \
+         RETURNING x.id AS session_id, slot.id, slot.ip, slot.api_port, slot.cert_sha256",
+    )
+    .bind(region)
+    .bind(&request.client_commit)
+    .bind(&request.runtime)
+    .bind(user)
+    .bind(&request.client_session_id)
+    .bind(token_sha256)
+    .fetch_optional(&mut *tx)
+    .await
+    .map_err(q("allocating a session"))?;
+    Ok(allocated.map(|a| (a.session_id, a.host)))
 }
 
 /// The host: ACTIVE, on its region's CURRENT image (and the client's
