@@ -198,8 +198,11 @@ async fn pass_with(scaler: &Scaler, region_name: &str, list: bool) -> Result<(),
     sweeps::terminate_and_verify(scaler, region_name).await?;
 
     let view = state::view(&scaler.db, &region, vec![]).await?;
-    let protected = deploy::step(scaler, &region, &view).await?;
-    let view = state::view(&scaler.db, &region, protected).await?;
+    // Only a deploy in progress changes what the policy must see.
+    let view = match deploy::step(scaler, &region, &view).await? {
+        None => view,
+        Some(protected) => state::view(&scaler.db, &region, protected).await?,
+    };
     let current_sha = state::current_image(&scaler.db, region_name)
         .await?
         .map(|(_, sha)| sha)

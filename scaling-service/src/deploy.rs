@@ -116,16 +116,25 @@ pub async fn release(db: &PgPool, region: &str) -> Result<(), DeployError> {
     Ok(())
 }
 
-/// One step of the region's deploy, if any. Returns the images to protect
-/// from scale-down.
+/// One step of the region's deploy, if one is in progress (`None`: none is,
+/// and nothing was changed). Returns the images to protect from scale-down.
 pub async fn step(
     scaler: &Scaler,
     region: &RegionRow,
     view: &RegionView,
-) -> Result<Vec<String>, StateError> {
+) -> Result<Option<Vec<String>>, StateError> {
     let Some(deploy) = active(&scaler.db, &region.name).await? else {
-        return Ok(vec![]);
+        return Ok(None);
     };
+    step_deploy(scaler, region, view, deploy).await.map(Some)
+}
+
+async fn step_deploy(
+    scaler: &Scaler,
+    region: &RegionRow,
+    view: &RegionView,
+    deploy: Deploy,
+) -> Result<Vec<String>, StateError> {
     let db = &scaler.db;
     if Utc::now() > deploy.deadline_at {
         fail(db, &region.name, &deploy).await?;
