@@ -10,6 +10,15 @@ use http_body_util::{BodyExt, Full, Limited};
 
 pub type HttpResponse = Response<Full<Bytes>>;
 
+/// A response body that is whole or streamed (server-sent events).
+pub type StreamingBody =
+    http_body_util::combinators::UnsyncBoxBody<Bytes, std::convert::Infallible>;
+
+/// A whole response as a [`StreamingBody`] one.
+pub fn streaming(response: HttpResponse) -> Response<StreamingBody> {
+    response.map(BodyExt::boxed_unsync)
+}
+
 #[derive(Debug)]
 pub struct ApiError {
     pub status: StatusCode,

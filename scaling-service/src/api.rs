@@ -1,16 +1,14 @@
 //! The scaler's HTTP API (plain HTTP behind the platform's TLS, on $PORT):
 //! assign, the caller's sessions, runtimes, regions, health and metrics.
 
-use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use berth_common::exposition::metrics_response;
-use berth_common::http::{bearer, json, read_body, text, ApiError, HttpResponse};
-use bytes::Bytes;
+use berth_common::http::{
+    bearer, json, read_body, streaming as boxed, text, ApiError, HttpResponse, StreamingBody,
+};
 use http::{Method, Request, Response, StatusCode};
-use http_body_util::combinators::UnsyncBoxBody;
-use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use serde::Deserialize;
 use serde_json::json;
@@ -39,11 +37,7 @@ pub async fn serve(scaler: Arc<Scaler>, listener: TcpListener) {
 }
 
 /// Responses are whole, but for the host watch stream.
-pub type ApiBody = UnsyncBoxBody<Bytes, Infallible>;
-
-pub(crate) fn boxed(response: HttpResponse) -> Response<ApiBody> {
-    response.map(BodyExt::boxed_unsync)
-}
+pub type ApiBody = StreamingBody;
 
 pub async fn handle(scaler: Arc<Scaler>, req: Request<Incoming>) -> Response<ApiBody> {
     let path = req.uri().path().to_owned();

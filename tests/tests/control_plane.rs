@@ -14,16 +14,8 @@ use std::time::{Duration, Instant};
 use berth_tests::client::{dev_user_token, Assigned, HostClient, ScalerClient};
 use support::*;
 
-/// The scaling-service binary of this build (scripts/test's `cargo test
-/// --workspace` builds it).
 fn scaler_binary() -> std::path::PathBuf {
-    let bin = host_binary().with_file_name("scaling-service");
-    assert!(
-        bin.exists(),
-        "{} is missing: build it first (cargo build -p scaling-service); scripts/test does",
-        bin.display()
-    );
-    bin
+    berth_testing::workspace_binary("scaling-service")
 }
 
 /// A control-plane replica as its own process, on `port`.
@@ -56,6 +48,10 @@ async fn wait_healthy(url: &str) {
     .await;
 }
 
+/// Slots per host: two assigns may fill one host (fullest first) and host 1
+/// still has one for the allocation made while its replica is dead.
+const CAPACITY: u16 = 3;
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -67,7 +63,11 @@ fn free_port() -> u16 {
 async fn host_of(db: &TestDb, urls: &[&str]) -> TestHost {
     let host_id = format!("t-{}", &uuid::Uuid::new_v4().simple().to_string()[..10]);
     let state_dir = std::env::temp_dir().join(format!("berth-state-{host_id}"));
-    let mut argv = host_args(db, &HostArgs::default(), &host_id, &state_dir).await;
+    let args = HostArgs {
+        capacity: CAPACITY,
+        ..Default::default()
+    };
+    let mut argv = host_args(db, &args, &host_id, &state_dir).await;
     let at = argv.iter().position(|a| a == "--control-url").unwrap() + 1;
     argv[at] = urls.join(",");
     start_with(argv, host_id, state_dir).await
@@ -137,8 +137,8 @@ async fn a_killed_replica_moves_its_hosts_to_the_other_and_loses_nothing() {
     // Host 1 prefers replica B, host 2 replica A.
     let host1 = host_of(&db, &[&b, &a]).await;
     let host2 = host_of(&db, &[&a, &b]).await;
-    wait_warm(&db, &host1, 2).await;
-    wait_warm(&db, &host2, 2).await;
+    wait_warm(&db, &host1, CAPACITY.into()).await;
+    wait_warm(&db, &host2, CAPACITY.into()).await;
 
     // Assigns through either replica reach hosts streaming from either.
     let first = assign(&b, "user-1").await;
@@ -153,7 +153,13 @@ async fn a_killed_replica_moves_its_hosts_to_the_other_and_loses_nothing() {
     let second = assign(&a, "user-2").await;
     claimed_by_its_host(&db, &second, Duration::from_secs(10)).await;
 
-    // SIGKILL replica B while assigns run through A.
+    // SIGKILL replica B; at once an allocation on host 1 (as an assign on A
+    // would make it: host 1 hears of it only once it streams from A) and
+    // assigns through A while host 1 reconnects.
+    let killed_at = Instant::now();
+    let _ = replica_b.0.kill();
+    let _ = replica_b.0.wait();
+    let (on_host1, _) = allocate(&db.pool, &host1.host_id, "user-on-host-1").await;
     let assigns = tokio::spawn({
         let a = a.clone();
         async move {
@@ -164,17 +170,21 @@ async fn a_killed_replica_moves_its_hosts_to_the_other_and_loses_nothing() {
             made
         }
     });
-    let killed_at = Instant::now();
-    let _ = replica_b.0.kill();
-    let _ = replica_b.0.wait();
     let made = assigns.await.unwrap();
     for assigned in &made {
         claimed_by_its_host(&db, assigned, Duration::from_secs(10)).await;
     }
+    eventually(
+        "host 1 to claim the allocation made while its replica was dead",
+        Duration::from_secs(10),
+        || async { session_status(&db.pool, on_host1).await.as_deref() == Some("CONNECTING") },
+    )
+    .await;
     let moved_within = killed_at.elapsed();
     eprintln!("every allocation claimed {moved_within:?} after the kill");
-    assert!(
-        host1.host.metrics.control_connected.get() == 1,
+    assert_eq!(
+        host1.host.metrics.control_connected.get(),
+        1,
         "host 1 streams again (from replica A)"
     );
     // The session that ran before the kill was not disturbed.

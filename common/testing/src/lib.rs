@@ -18,6 +18,24 @@ pub fn remove_tree(dir: &std::path::Path) {
     let _ = std::fs::remove_dir_all(dir);
 }
 
+/// A binary of this workspace as cargo built it for this test run
+/// (`target/<profile>/<name>`, beside the test executable's `deps/`);
+/// scripts/test's `cargo test --workspace` builds every one the tests run.
+pub fn workspace_binary(name: &str) -> std::path::PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let bin = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .map(|profile| profile.join(name))
+        .expect("target dir");
+    assert!(
+        bin.exists(),
+        "{} is missing: build it first (cargo build --workspace); scripts/test does",
+        bin.display()
+    );
+    bin
+}
+
 pub fn database_url() -> String {
     std::env::var("DATABASE_URL").unwrap_or_else(|_| {
         panic!("DATABASE_URL must point at the test PostgreSQL; run scripts/test, which starts one")

@@ -15,13 +15,12 @@ use std::time::Duration;
 
 use berth_common::auth::token_sha256_hex;
 use berth_common::host_api::HostState;
-use berth_common::http::{bearer, read_body, ApiError, HttpResponse};
+use berth_common::http::{bearer, read_body, streaming, ApiError, HttpResponse, StreamingBody};
 use berth_common::{HostId, HostStatus};
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 
-use crate::api::ApiBody;
 use crate::scaler::Scaler;
 
 const BODY_TIMEOUT: Duration = Duration::from_secs(15);
@@ -40,8 +39,8 @@ pub(crate) async fn handle(
     scaler: &Arc<Scaler>,
     req: Request<Incoming>,
     rest: &[&str],
-) -> Result<Response<ApiBody>, ApiError> {
-    let full = |r: Result<HttpResponse, ApiError>| r.map(crate::api::boxed);
+) -> Result<Response<StreamingBody>, ApiError> {
+    let full = |r: Result<HttpResponse, ApiError>| r.map(streaming);
     match (req.method().clone(), rest) {
         (Method::POST, ["register"]) => full(identity::register(scaler, req).await),
         (Method::GET, ["watch"]) => {

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use berth_common::db::{Hint, HintListener};
 use berth_common::host_api::{HostState, SessionState, WatchEvent};
-use berth_common::http::ApiError;
+use berth_common::http::{ApiError, StreamingBody};
 use berth_common::{HostId, HostStatus, SessionId, SessionStatus};
 use bytes::Bytes;
 use http::{header, Response, StatusCode};
@@ -22,7 +22,6 @@ use serde::Deserialize;
 use tokio::sync::mpsc;
 
 use super::{database_error, CallingHost};
-use crate::api::ApiBody;
 use crate::scaler::Scaler;
 
 /// A stream with nothing to say still says this often that it lives (and
@@ -218,7 +217,7 @@ struct Stream {
 pub(crate) async fn stream(
     scaler: &Arc<Scaler>,
     host: CallingHost,
-) -> Result<Response<ApiBody>, ApiError> {
+) -> Result<Response<StreamingBody>, ApiError> {
     let subscription = scaler.hub.subscribe(&host.id);
     let first = snapshot(scaler, &host.id)
         .await

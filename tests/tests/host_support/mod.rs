@@ -153,22 +153,9 @@ async fn start_control_plane(argv: &[String]) -> Service {
     }
 }
 
-/// The host-service binary cargo built for this test run (scripts/test's
-/// `cargo test --workspace` builds it).
+/// The host-service binary of this test run.
 pub fn host_binary() -> PathBuf {
-    // target/debug/deps/host_kill-… → target/debug/host-service
-    let exe = std::env::current_exe().expect("test executable path");
-    let bin = exe
-        .parent()
-        .and_then(|d| d.parent())
-        .map(|d| d.join("host-service"))
-        .expect("target dir");
-    assert!(
-        bin.exists(),
-        "{} is missing: build it first (cargo build -p host-service); scripts/test does",
-        bin.display()
-    );
-    bin
+    berth_testing::workspace_binary("host-service")
 }
 
 /// Adds the test runtime (the locally built app image) to a test database.

@@ -24,19 +24,7 @@ pub const REGION: &str = "local";
 pub static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 pub fn host_binary() -> PathBuf {
-    // target/debug/deps/e2e-… → target/debug/host-service
-    let exe = std::env::current_exe().expect("test executable path");
-    let bin = exe
-        .parent()
-        .and_then(|d| d.parent())
-        .map(|d| d.join("host-service"))
-        .expect("target dir");
-    assert!(
-        bin.exists(),
-        "{} is missing: build it first (cargo build -p host-service); scripts/test does",
-        bin.display()
-    );
-    bin
+    berth_testing::workspace_binary("host-service")
 }
 
 pub struct System {
