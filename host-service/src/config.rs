@@ -62,7 +62,7 @@ pub struct Config {
         hide_env_values = true,
         allow_hyphen_values = true
     )]
-    pub host_token: Option<String>,
+    pub host_token: Option<HostToken>,
 
     /// PEM file with the CA certificate(s) the control plane's certificate is
     /// checked against (a private CA); unset, the system's web roots.
@@ -208,6 +208,23 @@ pub struct Config {
     pub warm_concurrency: u16,
 }
 
+/// The bootstrap token as the command line gives it; never shown in logs.
+#[derive(Clone, PartialEq, Eq)]
+pub struct HostToken(pub String);
+
+impl std::str::FromStr for HostToken {
+    type Err = std::convert::Infallible;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Self(s.to_owned()))
+    }
+}
+
+impl std::fmt::Debug for HostToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("HostToken(<redacted>)")
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum UinputMode {
     On,
@@ -293,7 +310,9 @@ mod tests {
     fn a_bootstrap_token_may_start_with_a_hyphen() {
         // Tokens are base64url: one in 64 starts with '-'.
         let cli = parse(&["--host-token", "-5abcdef", "drain"]);
-        assert_eq!(cli.config.host_token.as_deref(), Some("-5abcdef"));
+        let token = cli.config.host_token.unwrap();
+        assert_eq!(token.0, "-5abcdef");
+        assert!(!format!("{token:?}").contains("5abcdef"), "never shown");
         assert!(matches!(cli.command, Some(Command::Drain)));
     }
 

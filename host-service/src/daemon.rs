@@ -63,7 +63,7 @@ fn control_plane(config: &Config) -> Result<ControlPlane, Error> {
         &config.control_url,
         config.control_ca.as_deref(),
         &config.state_dir,
-        config.host_token.clone(),
+        config.host_token.clone().map(|t| t.0),
     )?)
 }
 

@@ -123,7 +123,6 @@ struct ErrorDetail {
 }
 
 /// A client of the host API for one host.
-#[derive(Debug)]
 pub struct ControlPlane {
     http: reqwest::Client,
     /// `<url>/v1/host` of each control-plane replica the host was given.
@@ -133,6 +132,17 @@ pub struct ControlPlane {
     credential: RwLock<Option<String>>,
     credential_path: PathBuf,
     bootstrap: Option<String>,
+}
+
+/// The credential and the bootstrap token never reach a log.
+impl std::fmt::Debug for ControlPlane {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ControlPlane")
+            .field("bases", &self.bases)
+            .field("has_credential", &self.has_credential())
+            .field("has_bootstrap_token", &self.bootstrap.is_some())
+            .finish()
+    }
 }
 
 impl ControlPlane {
@@ -658,4 +668,30 @@ fn path_segment(raw: &str) -> String {
 /// come back in lockstep.
 pub fn jittered(base: Duration) -> Duration {
     base.mul_f64(rand::thread_rng().gen_range(0.75..1.25))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_output_holds_no_secret() {
+        let dir = std::env::temp_dir().join(format!("berth-control-debug-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join(CREDENTIAL_FILE), "the-host-credential").unwrap();
+        let control = ControlPlane::new(
+            &["http://127.0.0.1:1".to_owned()],
+            None,
+            &dir,
+            Some("the-bootstrap-token".to_owned()),
+        )
+        .unwrap();
+        let shown = format!("{control:?}");
+        assert!(
+            !shown.contains("the-host-credential") && !shown.contains("the-bootstrap-token"),
+            "{shown}"
+        );
+        assert!(shown.contains("has_credential: true"), "{shown}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }
