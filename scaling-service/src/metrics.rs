@@ -17,6 +17,8 @@ pub struct Metrics {
     pub launch_failures: Counter,
     pub terminations: Counter,
     pub passes: Counter,
+    /// Allocations sent straight to a host stream this replica holds.
+    pub direct_host_events: Counter,
     /// One region controller pass, start to end.
     pub pass_seconds: Histogram,
     /// Instance listings (DescribeInstances) made by controller passes.
@@ -47,6 +49,7 @@ impl Metrics {
             launch_failures: Counter::default(),
             terminations: Counter::default(),
             passes: Counter::default(),
+            direct_host_events: Counter::default(),
             pass_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 14)),
             cloud_listings: Counter::default(),
             silent_hosts: Family::default(),
@@ -76,6 +79,11 @@ impl Metrics {
             "controller_passes",
             "Region controller passes",
             m.passes.clone(),
+        );
+        registry.register(
+            "direct_host_events",
+            "Allocations sent straight to a host stream this replica holds (others go through NOTIFY)",
+            m.direct_host_events.clone(),
         );
         registry.register(
             "controller_pass_seconds",

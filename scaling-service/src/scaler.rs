@@ -3,6 +3,9 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use berth_common::auth::token_sha256_hex;
+use berth_common::host_api::SessionState;
+use berth_common::{HostId, SessionId, SessionStatus};
 use sqlx::PgPool;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -93,9 +96,34 @@ impl Scaler {
             let _permit = self.assign_permits.acquire().await.ok();
             assign(&self.db, user, request).await
         };
-        tokio::time::timeout(self.config.assign_deadline(), work)
+        let result = tokio::time::timeout(self.config.assign_deadline(), work)
             .await
-            .ok()
+            .ok();
+        if let Some(Ok(assigned)) = &result {
+            self.tell_host(user, assigned);
+        }
+        result
+    }
+
+    /// A new allocation goes straight to its host's stream when this replica
+    /// holds it, without waiting for the NOTIFY round trip.
+    fn tell_host(&self, user: &str, assigned: &Assigned) {
+        let (Some(token), SessionStatus::Allocated, Ok(host)) = (
+            &assigned.token,
+            assigned.status,
+            HostId::parse(assigned.host.id.clone()),
+        ) else {
+            return;
+        };
+        let state = SessionState {
+            id: SessionId(assigned.session_id),
+            status: SessionStatus::Allocated,
+            user_id: Some(user.to_owned()),
+            token_sha256: Some(token_sha256_hex(token)),
+        };
+        if self.hub.allocated(&host, state) {
+            self.metrics.direct_host_events.inc();
+        }
     }
 
     pub fn wake(&self, region: &str) {

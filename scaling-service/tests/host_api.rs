@@ -400,6 +400,10 @@ async fn the_watch_starts_with_a_snapshot_and_pushes_allocations_tokens_and_drai
     assert_eq!(event["status"], "ALLOCATED");
     assert_eq!(event["user_id"], "alice");
     assert_eq!(event["token_sha256"], json!(token_sha256_hex(&token)));
+    // This replica holds the stream, so it told the host directly or through
+    // its NOTIFY, whichever came first, and only once: the next event is the
+    // re-issued token, not the same allocation again.
+    assert!(svc.scaler.metrics.direct_host_events.get() <= 1);
 
     // The host claims it, then the client repeats its assign: the new token's
     // hash follows at once.

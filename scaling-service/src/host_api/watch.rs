@@ -47,7 +47,21 @@ type Senders = Vec<(u64, mpsc::Sender<Push>)>;
 pub(crate) struct Hub {
     streams: Mutex<HashMap<HostId, Senders>>,
     next: std::sync::atomic::AtomicU64,
+    /// Allocations told to this replica's streams (session → token hash and
+    /// how), so one told directly and through NOTIFY is sent once.
+    told: Mutex<HashMap<SessionId, (String, Via)>>,
 }
+
+/// How an allocation reached this replica.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Via {
+    Direct,
+    Notify,
+}
+
+/// Allocations remembered for de-duplication at most; past it the memory is
+/// dropped (a duplicate event costs a host nothing: claiming is idempotent).
+const TOLD_MEMORY: usize = 4096;
 
 impl Hub {
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<HostId, Senders>> {
@@ -66,6 +80,44 @@ impl Hub {
             key,
             rx,
         }
+    }
+
+    /// An allocation made by this replica, sent at once to the host's stream
+    /// if this replica holds it (other replicas hear it through NOTIFY).
+    /// Returns whether it was sent.
+    pub(crate) fn allocated(&self, host: &HostId, state: SessionState) -> bool {
+        if !self.holds(host) || !self.first_telling(&state, Via::Direct) {
+            return false;
+        }
+        let event = WatchEvent::Session(state);
+        self.push(Some(host), || Push::Event(event.clone()));
+        true
+    }
+
+    /// Whether this is the first time this replica tells of an allocation:
+    /// it is told once directly and once through NOTIFY, in either order.
+    fn first_telling(&self, state: &SessionState, via: Via) -> bool {
+        let (SessionStatus::Allocated, Some(token)) = (state.status, &state.token_sha256) else {
+            return true;
+        };
+        let mut told = self
+            .told
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match told.remove(&state.id) {
+            Some((earlier, before)) if earlier == *token && before != via => false,
+            _ => {
+                if told.len() >= TOLD_MEMORY {
+                    told.clear();
+                }
+                told.insert(state.id, (token.clone(), via));
+                true
+            }
+        }
+    }
+
+    fn holds(&self, host: &HostId) -> bool {
+        self.lock().contains_key(host)
     }
 
     /// Streams held, for metrics and tests.
@@ -166,7 +218,15 @@ pub(crate) async fn run(scaler: Arc<Scaler>) {
                     .and_then(event_of)
                 {
                     Some((host, event)) => {
-                        scaler.hub.push(Some(&host), || Push::Event(event.clone()))
+                        let first = match &event {
+                            WatchEvent::Session(state) if scaler.hub.holds(&host) => {
+                                scaler.hub.first_telling(state, Via::Notify)
+                            }
+                            _ => true,
+                        };
+                        if first {
+                            scaler.hub.push(Some(&host), || Push::Event(event.clone()))
+                        }
                     }
                     None => tracing::warn!(payload, "ignoring a malformed host event"),
                 }
