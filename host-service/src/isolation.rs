@@ -14,23 +14,11 @@ use std::time::Duration;
 use bollard::errors::Error as BollardError;
 use bollard::models::NetworkCreateRequest;
 use bollard::query_parameters::InspectNetworkOptions;
-use serde::Deserialize;
 use tokio::io::AsyncWriteExt;
 use tokio::process::Command;
 
 use crate::docker::{is_not_found, DockerEngine};
-
-/// Where a session's traffic may go besides its own container.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Egress {
-    /// The internet (and whatever the host's routes reach), never the host
-    /// itself, another session or the metadata range.
-    #[default]
-    Open,
-    /// Nothing: the sealed bridge has no route out.
-    None,
-}
+use crate::runtime::Egress;
 
 /// A Docker bridge network sessions join.
 #[derive(Debug, PartialEq, Eq)]

@@ -2,13 +2,13 @@
 //! through the control plane and checked here.
 
 use std::collections::BTreeMap;
+use std::path::{Component, Path};
 use std::time::Duration;
 
 use berth_common::host_api::RuntimeRow;
 use serde::Deserialize;
 
 use crate::control::{ControlError, ControlPlane};
-use crate::isolation::Egress;
 use crate::resources::ports::ContainerPort;
 
 /// How the host knows a session's app is ready to serve.
@@ -42,6 +42,33 @@ pub struct UserVolume {
     pub uid: u32,
     #[serde(default)]
     pub gid: u32,
+}
+
+/// Where a session's traffic may go besides its own container.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Egress {
+    /// The internet (and whatever the host's routes reach), never the host
+    /// itself, another session or the metadata range.
+    #[default]
+    Open,
+    /// Nothing: the sealed bridge has no route out.
+    None,
+}
+
+/// A relative path that stays inside its directory: no `..`, no root, no
+/// empty or odd components. For paths that come from configuration rows.
+pub(crate) fn check_relative_name(path: &str) -> Result<(), String> {
+    let p = Path::new(path);
+    let ok = !path.is_empty()
+        && path.len() <= 255
+        && !path.contains('\0')
+        && p.components().all(|c| matches!(c, Component::Normal(_)));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("{path:?} must be a relative path inside the session directory (no '..', no leading '/')"))
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -121,8 +148,7 @@ impl RuntimeSpec {
         let readiness: Readiness = serde_json::from_value(row.readiness.clone())
             .map_err(|e| invalid("readiness", e.to_string()))?;
         if let Readiness::File { path } = &readiness {
-            crate::session::dir::check_relative_name(path)
-                .map_err(|why| invalid("readiness", why))?;
+            check_relative_name(path).map_err(|why| invalid("readiness", why))?;
         }
         let init: Option<InitCall> = row
             .init
@@ -226,6 +252,15 @@ fn check_container_path(path: &str) -> Result<(), String> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn only_plain_relative_paths_are_accepted() {
+        assert!(check_relative_name("ready").is_ok());
+        assert!(check_relative_name("state/ready").is_ok());
+        for bad in ["", "/etc/passwd", "../x", "a/../../x", "./x", "a\0b"] {
+            assert!(check_relative_name(bad).is_err(), "{bad:?}");
+        }
+    }
+
     use super::*;
     use serde_json::json;
 

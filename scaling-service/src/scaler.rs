@@ -17,7 +17,7 @@ use crate::auth::Authenticator;
 use crate::config::Config;
 use crate::evidence::{Evidence, Silence};
 use crate::host_api::heartbeats::HeartbeatBatch;
-use crate::host_api::watch::Hub;
+use crate::host_api::hub::Hub;
 use crate::metrics::Metrics;
 use crate::policy::Policy;
 use crate::provider::Provider;
@@ -45,7 +45,7 @@ pub struct Scaler {
     /// The host watch streams this replica holds.
     pub(crate) hub: Arc<Hub>,
     /// Heartbeats waiting for the next batched write.
-    pub(crate) heartbeats: HeartbeatBatch,
+    pub(crate) heartbeats: Arc<HeartbeatBatch>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -74,7 +74,7 @@ impl Scaler {
             launching: Mutex::new(HashSet::new()),
             assign_permits: tokio::sync::Semaphore::new(config.assign_concurrency as usize),
             hub: Arc::new(Hub::default()),
-            heartbeats: HeartbeatBatch::default(),
+            heartbeats: Arc::default(),
             config,
         }
     }

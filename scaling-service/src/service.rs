@@ -82,9 +82,11 @@ pub async fn start_with_provider(
     scaler.tasks.spawn(api::serve(scaler.clone(), listener));
     scaler.tasks.spawn(controller::supervise(scaler.clone()));
     scaler.tasks.spawn(host_api::watch::run(scaler.clone()));
-    scaler
-        .tasks
-        .spawn(host_api::heartbeats::run(scaler.clone()));
+    scaler.tasks.spawn(host_api::heartbeats::run(
+        scaler.heartbeats.clone(),
+        scaler.db.clone(),
+        scaler.stop.clone(),
+    ));
     scaler.tasks.spawn(crate::evidence::watch_database(
         scaler.evidence.clone(),
         scaler.db.clone(),

@@ -119,22 +119,7 @@ fn is_mount_point(dir: &Path) -> io::Result<bool> {
     Ok(fs::symlink_metadata(dir)?.dev() != fs::symlink_metadata(parent)?.dev())
 }
 
-/// A relative path that stays inside its directory: no `..`, no root, no
-/// empty or odd components. For paths that come from configuration rows.
-pub fn check_relative_name(path: &str) -> Result<(), String> {
-    let p = Path::new(path);
-    let ok = !path.is_empty()
-        && path.len() <= 255
-        && !path.contains('\0')
-        && p.components().all(|c| matches!(c, Component::Normal(_)));
-    if ok {
-        Ok(())
-    } else {
-        Err(format!("{path:?} must be a relative path inside the session directory (no '..', no leading '/')"))
-    }
-}
-
-/// Whether `relative` (checked by [`check_relative_name`]) names a regular
+/// Whether `relative` (checked by `runtime::check_relative_name`) names a regular
 /// file under `dir`, resolved one component at a time without following a
 /// single symlink: a container that plants links in its directory learns
 /// nothing about the host and cannot make the daemon look elsewhere.
@@ -199,14 +184,5 @@ mod tests {
         );
         fs::remove_dir_all(&dir).unwrap();
         fs::remove_dir_all(&outside).unwrap();
-    }
-
-    #[test]
-    fn only_plain_relative_paths_are_accepted() {
-        assert!(check_relative_name("ready").is_ok());
-        assert!(check_relative_name("state/ready").is_ok());
-        for bad in ["", "/etc/passwd", "../x", "a/../../x", "./x", "a\0b"] {
-            assert!(check_relative_name(bad).is_err(), "{bad:?}");
-        }
     }
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use berth_common::HostId;
 
-use crate::scaler::Scaler;
+use tokio_util::sync::CancellationToken;
 
 /// How long a heartbeat waits, at most, before it is written.
 pub(crate) const FLUSH_EVERY: Duration = Duration::from_millis(250);
@@ -83,17 +83,16 @@ impl HeartbeatBatch {
     }
 }
 
-/// Flushes the batch every [`FLUSH_EVERY`] until the scaler stops (and once
-/// more then).
-pub(crate) async fn run(scaler: Arc<Scaler>) {
+/// Flushes `batch` every [`FLUSH_EVERY`] until `stop` (and once more then).
+pub(crate) async fn run(batch: Arc<HeartbeatBatch>, db: sqlx::PgPool, stop: CancellationToken) {
     let mut every = tokio::time::interval(FLUSH_EVERY);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let stopping = tokio::select! {
-            _ = scaler.stop.cancelled() => true,
+            _ = stop.cancelled() => true,
             _ = every.tick() => false,
         };
-        if let Err(error) = scaler.heartbeats.flush(&scaler.db).await {
+        if let Err(error) = batch.flush(&db).await {
             tracing::warn!(%error, "writing a batch of heartbeats failed; retrying with the next");
         }
         if stopping {

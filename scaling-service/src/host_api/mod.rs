@@ -6,6 +6,7 @@
 //! reports is an idempotent call backed by one guarded statement.
 
 pub(crate) mod heartbeats;
+pub(crate) mod hub;
 pub mod identity;
 mod reports;
 pub(crate) mod watch;
