@@ -24,6 +24,11 @@ pub struct RegisterRequest {
     pub api_port: u16,
     pub cert_sha256: String,
     pub version: String,
+    /// SHA-256 of a credential the host made and stored before registering:
+    /// spent with a bootstrap token, it becomes the host credential, so a
+    /// lost answer cannot strand the host. `None`: the answer carries one.
+    #[serde(default)]
+    pub credential_sha256: Option<String>,
 }
 
 #[derive(Clone, Serialize, Deserialize)]
@@ -31,8 +36,9 @@ pub struct RegisterResponse {
     /// ACTIVE, or DRAINING when the host was told to drain before it came up.
     pub status: HostStatus,
     pub capacity: i32,
-    /// The host credential, only when a bootstrap token was spent: the host
-    /// keeps it (0600) and presents it on every later call.
+    /// The host credential, only when a bootstrap token was spent and the
+    /// host sent no `credential_sha256`: it keeps it (0600) and presents it
+    /// on every later call.
     pub credential: Option<String>,
 }
 

@@ -91,6 +91,8 @@ pub async fn register(
         api_port: endpoint.api_port,
         cert_sha256: endpoint.cert_sha256.to_owned(),
         version: endpoint.version.to_owned(),
+        // Made and kept by the client just before it registers.
+        credential_sha256: None,
     };
     let answer = control
         .register(&request, stop)

@@ -788,6 +788,8 @@ async fn host_main(
         api_port: 4678,
         cert_sha256: "a".repeat(64),
         version: "fleet-bench".into(),
+        // The control plane makes the credential and answers it.
+        credential_sha256: None,
     };
     let registered: RegisterResponse = fleet.post("/v1/host/register", &token, &facts).await?;
     let credential = registered

@@ -106,6 +106,45 @@ async fn registered(db: &TestDb, api: &Api, host: &str) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_that_made_its_credential_survives_a_lost_registration_answer() {
+    let db = TestDb::new().await;
+    let (svc, api) = start(&db).await;
+    let bootstrap = issue_for_host(&db.pool, &hand_started("h-c"), 600)
+        .await
+        .unwrap();
+    let mine = berth_common::auth::new_session_token();
+    let mut with_hash = facts("h-c");
+    with_hash["credential_sha256"] = json!("NOT-A-HASH");
+    let (status, _) = api.register(&bootstrap, with_hash.clone()).await;
+    assert_eq!(status, 400, "a malformed hash is refused");
+
+    // Spent with the host's own credential: none comes back, its hash is kept.
+    with_hash["credential_sha256"] = json!(mine.sha256_hex);
+    let (status, body) = api.register(&bootstrap, with_hash.clone()).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body["credential"].is_null(), "nothing secret in the answer");
+    let stored: Option<String> =
+        sqlx::query_scalar("SELECT credential_sha256 FROM hosts WHERE id = 'h-c'")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(stored.as_deref(), Some(mine.sha256_hex.as_str()));
+
+    // That answer was lost: the spent token is refused, the credential the
+    // host already holds registers it.
+    let (status, body) = api.register(&bootstrap, with_hash).await;
+    assert_eq!((status, code(&body)), (403, "REGISTRATION_REFUSED"));
+    let (status, body) = api.register(&mine.token, facts("h-c")).await;
+    assert_eq!(
+        (status, body["status"].clone()),
+        (200, json!("ACTIVE")),
+        "{body}"
+    );
+    svc.stop().await;
+    db.drop_database().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bootstrap_token_registers_its_host_once_and_never_another() {
     let db = TestDb::new().await;
     let (svc, api) = start(&db).await;

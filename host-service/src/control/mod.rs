@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
+use berth_common::auth::new_session_token;
 use berth_common::host_api::{
     ClaimRequest, DeathNotice, DrainRequest, DrainResponse, Dying, Heartbeat, HostState,
     RegisterRequest, RegisterResponse, Running, RuntimeRow, SealedInit, SessionIds, SessionState,
@@ -248,42 +249,50 @@ impl ControlPlane {
         }
     }
 
+    /// With the credential first (a restart, or a retry whose first answer
+    /// was lost); if the control plane does not know it, with the bootstrap
+    /// token and the hash of a fresh credential this host made and stored
+    /// before sending it, so whatever happens to the answer the host holds
+    /// the credential the control plane recorded.
     async fn register_once(&self, me: &RegisterRequest) -> Result<RegisterResponse, ControlError> {
         let doing = "the registration";
-        let mut tokens: Vec<String> = vec![];
-        tokens.extend(self.credential());
-        tokens.extend(self.bootstrap.clone());
-        if tokens.is_empty() {
-            return Err(ControlError::NoCredential {
-                path: self.credential_path.clone(),
-            });
-        }
-        let mut last = None;
-        for token in tokens {
-            let answer = self
-                .send(Method::POST, "/register", Some(me), &token, doing)
-                .await;
-            match answer {
-                Ok(answer) => {
-                    let answer: RegisterResponse = decode(answer, doing).await?;
-                    if let Some(credential) = &answer.credential {
-                        self.keep_credential(credential)?;
-                    }
-                    return Ok(answer);
-                }
-                // A credential the control plane no longer knows (an operator
-                // issued a new bootstrap token): try the bootstrap token next.
+        let mut refused = None;
+        if let Some(credential) = self.credential() {
+            match self
+                .send(Method::POST, "/register", Some(me), &credential, doing)
+                .await
+            {
+                Ok(answer) => return decode(answer, doing).await,
+                // Not (or no longer) this host's: an operator issued a new
+                // bootstrap token, or the first registration never landed.
                 Err(
                     error @ ControlError::Refused {
                         status: 401 | 403, ..
                     },
-                ) => last = Some(error),
+                ) => refused = Some(error),
                 Err(error) => return Err(error),
             }
         }
-        Err(last.unwrap_or(ControlError::NoCredential {
-            path: self.credential_path.clone(),
-        }))
+        let Some(bootstrap) = &self.bootstrap else {
+            return Err(refused.unwrap_or(ControlError::NoCredential {
+                path: self.credential_path.clone(),
+            }));
+        };
+        let fresh = new_session_token();
+        self.keep_credential(&fresh.token)?;
+        let me = RegisterRequest {
+            credential_sha256: Some(fresh.sha256_hex),
+            ..me.clone()
+        };
+        let answer = self
+            .send(Method::POST, "/register", Some(&me), bootstrap, doing)
+            .await?;
+        let answer: RegisterResponse = decode(answer, doing).await?;
+        // A control plane that made the credential itself.
+        if let Some(credential) = &answer.credential {
+            self.keep_credential(credential)?;
+        }
+        Ok(answer)
     }
 
     fn keep_credential(&self, credential: &str) -> Result<(), ControlError> {

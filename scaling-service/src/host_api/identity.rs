@@ -103,6 +103,30 @@ struct Row {
     bootstrap_ok: bool,
 }
 
+/// A registration's new host credential.
+enum Credential {
+    /// The host made it and sent its hash (it already holds the credential).
+    Host(String),
+    /// Made here: answered once.
+    Made(berth_common::auth::NewSessionToken),
+}
+
+impl Credential {
+    fn sha256_hex(&self) -> String {
+        match self {
+            Credential::Host(sha256_hex) => sha256_hex.clone(),
+            Credential::Made(made) => made.sha256_hex.clone(),
+        }
+    }
+}
+
+fn is_sha256_hex(value: &str) -> bool {
+    value.len() == 64
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+}
+
 fn refused(message: &str) -> ApiError {
     ApiError::new(StatusCode::FORBIDDEN, "REGISTRATION_REFUSED", message)
 }
@@ -123,18 +147,22 @@ pub(crate) async fn register(
     let me: RegisterRequest = super::body(req).await?;
     // Deserializing it checked its form.
     let host = me.host_id.clone();
-    if me.cert_sha256.len() != 64
-        || !me
-            .cert_sha256
-            .bytes()
-            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
-    {
+    if !is_sha256_hex(&me.cert_sha256) {
         return Err(ApiError::bad_request(
             "cert_sha256 must be the certificate's SHA-256 as 64 lowercase hex digits",
         ));
     }
     if me.api_port == 0 {
         return Err(ApiError::bad_request("api_port must be 1-65535"));
+    }
+    if me
+        .credential_sha256
+        .as_deref()
+        .is_some_and(|h| !is_sha256_hex(h))
+    {
+        return Err(ApiError::bad_request(
+            "credential_sha256 must be a SHA-256 as 64 lowercase hex digits",
+        ));
     }
     let presented = token_sha256_hex(&token);
     let failed = |e| database_error("the registration", e);
@@ -169,10 +197,15 @@ pub(crate) async fn register(
             refused("no host with that id was launched with this token")
         });
     };
+    // The host's own credential (its hash sent with the bootstrap token), or
+    // one made here and answered once.
     let new_credential = if row.credential_sha256.as_deref() == Some(presented.as_str()) {
         None
     } else if row.credential_sha256.is_none() && row.bootstrap_ok {
-        Some(new_session_token())
+        Some(match &me.credential_sha256 {
+            Some(sha256_hex) => Credential::Host(sha256_hex.clone()),
+            None => Credential::Made(new_session_token()),
+        })
     } else {
         return Err(refused(
             "the token is not this host's credential, and not an unused, unexpired bootstrap token for it; \
@@ -216,7 +249,7 @@ pub(crate) async fn register(
     .bind(i32::from(me.api_port))
     .bind(&me.cert_sha256)
     .bind(&me.version)
-    .bind(new_credential.as_ref().map(|c| c.sha256_hex.clone()))
+    .bind(new_credential.as_ref().map(Credential::sha256_hex))
     .fetch_one(&mut *tx)
     .await
     .map_err(failed)?;
@@ -225,7 +258,10 @@ pub(crate) async fn register(
     let answer = RegisterResponse {
         status,
         capacity: row.capacity,
-        credential: new_credential.map(|c| c.token),
+        credential: match new_credential {
+            Some(Credential::Made(made)) => Some(made.token),
+            _ => None,
+        },
     };
     Ok(json(
         StatusCode::OK,
