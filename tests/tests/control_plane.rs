@@ -20,7 +20,10 @@ fn scaler_binary() -> std::path::PathBuf {
 
 /// A control-plane replica as its own process, on `port`.
 fn replica(db: &TestDb, port: u16) -> KillOnDrop {
-    let local_dir = std::env::temp_dir().join(format!("berth-cp-{}-{port}", db.name));
+    // Beneath the test control plane's own directory, removed with it.
+    let local_dir = std::env::temp_dir()
+        .join(format!("berth-cp-{}", db.name))
+        .join(port.to_string());
     let child = Command::new(scaler_binary())
         .args(["--database-url", &db.url, "--env", "dev-hosttest"])
         .args(["--port", &port.to_string(), "--listen-ip", "127.0.0.1"])

@@ -25,6 +25,13 @@ struct DockerProxy {
     _accept: JoinHandle<()>,
 }
 
+/// The socket goes with the proxy, pass or fail.
+impl Drop for DockerProxy {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
 impl DockerProxy {
     fn start() -> Self {
         let path =

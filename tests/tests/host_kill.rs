@@ -17,11 +17,11 @@ use host_service::faults::POINTS;
 use support::*;
 use uuid::Uuid;
 
-/// The daemon's log of a test host, kept beside its state dir (and its
-/// last lines quoted when the host misbehaves).
+/// The daemon's log of a test host, in its state dir (removed with it; its
+/// last lines are quoted when the host misbehaves).
 fn log_path(argv: &[String]) -> std::path::PathBuf {
     let at = argv.iter().position(|a| a == "--state-dir").unwrap() + 1;
-    std::path::PathBuf::from(format!("{}.log", argv[at]))
+    std::path::Path::new(&argv[at]).join("daemon.log")
 }
 
 fn log_tail(argv: &[String]) -> String {
@@ -31,10 +31,14 @@ fn log_tail(argv: &[String]) -> String {
 }
 
 fn start(argv: &[String], fault: Option<&str>) -> KillOnDrop {
+    let log_path = log_path(argv);
+    if let Some(dir) = log_path.parent() {
+        std::fs::create_dir_all(dir).expect("the host's state dir");
+    }
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
-        .open(log_path(argv))
+        .open(&log_path)
         .expect("the daemon's log file");
     let mut command = Command::new(host_binary());
     command
@@ -307,7 +311,6 @@ async fn crash_at(point: &'static str) -> Result<(), String> {
     };
     remove_host_containers(&host_id);
     berth_testing::remove_tree(&state_dir);
-    let _ = std::fs::remove_file(log_path(&argv));
     db.drop_database().await;
     result.map_err(|e| format!("{point}: {e}"))
 }

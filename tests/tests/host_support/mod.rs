@@ -44,6 +44,17 @@ pub struct TestDb {
     /// Where hosts reach the control plane (the same across restarts).
     pub control_url: String,
     control_argv: Vec<String>,
+    /// The control plane's local-provider directory (it launches nothing).
+    _local_dir: RemovedOnDrop,
+}
+
+/// A directory that goes with the test, pass or fail.
+struct RemovedOnDrop(PathBuf);
+
+impl Drop for RemovedOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 impl std::ops::Deref for TestDb {
@@ -57,6 +68,7 @@ impl TestDb {
     /// A fresh, migrated database and a control plane on it.
     pub async fn new() -> Self {
         let inner = berth_testing::TestDb::new().await;
+        let local_dir = std::env::temp_dir().join(format!("berth-cp-{}", inner.name));
         let mut argv: Vec<String> = [
             "scaling-service",
             "--database-url",
@@ -70,10 +82,7 @@ impl TestDb {
             "--provider",
             "local",
             "--local-dir",
-            &std::env::temp_dir()
-                .join(format!("berth-cp-{}", inner.name))
-                .display()
-                .to_string(),
+            &local_dir.display().to_string(),
             "--auth-hs256-secret",
             USER_SECRET,
             "--operator-token",
@@ -93,6 +102,7 @@ impl TestDb {
             inner,
             control: Some(control),
             control_argv: argv,
+            _local_dir: RemovedOnDrop(local_dir),
         }
     }
 
