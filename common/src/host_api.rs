@@ -40,6 +40,11 @@ pub struct RegisterResponse {
     /// host sent no `credential_sha256`: it keeps it (0600) and presents it
     /// on every later call.
     pub credential: Option<String>,
+    /// The control plane's public key for access grants (see
+    /// [`crate::grant`]): the browser gateway's requests carry grants signed
+    /// by its private half.
+    #[serde(default)]
+    pub grant_key: Option<String>,
 }
 
 impl std::fmt::Debug for RegisterResponse {
@@ -51,6 +56,7 @@ impl std::fmt::Debug for RegisterResponse {
                 "credential",
                 &self.credential.as_ref().map(|_| "<redacted>"),
             )
+            .field("grant_key", &self.grant_key)
             .finish()
     }
 }

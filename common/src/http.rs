@@ -10,13 +10,15 @@ use http_body_util::{BodyExt, Full, Limited};
 
 pub type HttpResponse = Response<Full<Bytes>>;
 
-/// A response body that is whole or streamed (server-sent events).
-pub type StreamingBody =
-    http_body_util::combinators::UnsyncBoxBody<Bytes, std::convert::Infallible>;
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A response body that is whole or streamed (server-sent events, bodies the
+/// gateway forwards, which can fail midway).
+pub type StreamingBody = http_body_util::combinators::UnsyncBoxBody<Bytes, BoxError>;
 
 /// A whole response as a [`StreamingBody`] one.
 pub fn streaming(response: HttpResponse) -> Response<StreamingBody> {
-    response.map(BodyExt::boxed_unsync)
+    response.map(|body| body.map_err(|never| match never {}).boxed_unsync())
 }
 
 #[derive(Debug)]

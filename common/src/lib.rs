@@ -12,6 +12,7 @@ pub mod db;
 pub mod entry;
 pub mod exposition;
 pub mod faults;
+pub mod grant;
 pub mod host_api;
 pub mod http;
 pub mod ids;

@@ -18,7 +18,7 @@ use crate::control::ControlPlane;
 use crate::docker::DockerEngine;
 use crate::host::Host;
 use crate::proxy::cookie::CookieSigner;
-use crate::registry::{self, Endpoint, Registration};
+use crate::registry::{self, Endpoint};
 use crate::resources::volumes::UserData;
 use crate::runtime::RuntimeSpec;
 use crate::{
@@ -106,7 +106,7 @@ async fn boot(
     // Not yet the daemon's own stop: a stop before the host exists ends the wait.
     let registration =
         registry::register(&control, me, &endpoint, &CancellationToken::new()).await?;
-    let (Registration::Active { capacity } | Registration::Draining { capacity }) = registration;
+    let capacity = registration.capacity;
     if let Some(expected) = config.local_capacity.filter(|c| i32::from(*c) != capacity) {
         tracing::warn!(expected, capacity, "the control plane's row gives this host another capacity than BERTH_LOCAL_CAPACITY; the row's is used");
     }
@@ -134,6 +134,7 @@ async fn boot(
         capacity,
         user_data,
         cookies,
+        registration.grants.clone(),
     ));
     reconcile::reconcile(&host).await?;
     host.tasks.spawn(api::serve(host.clone(), listener, tls));
@@ -142,7 +143,7 @@ async fn boot(
     host.tasks.spawn(heartbeat::run(host.clone()));
     host.tasks.spawn(heartbeat::watchdog(host.clone()));
     host.tasks.spawn(idle::run(host.clone()));
-    if matches!(registration, Registration::Draining { .. }) {
+    if registration.draining {
         drain::start(&host);
     } else {
         host.tasks.spawn(warm_pool::run(host.clone()));

@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
+use berth_common::grant::GrantVerifier;
 use berth_common::{HostId, SessionId};
 use tokio::sync::{watch, Notify};
 use tokio_util::sync::CancellationToken;
@@ -43,6 +44,8 @@ pub struct Host {
     pub user_data: Option<UserData>,
     /// Signs and checks the proxy's login cookies.
     pub cookies: CookieSigner,
+    /// Checks the access grants the control plane's browser gateway sends.
+    pub grants: Option<GrantVerifier>,
     resources: Mutex<Resources>,
     sessions: Mutex<HashMap<SessionId, Arc<Session>>>,
     /// Warm containers being created right now (not yet in `sessions`).
@@ -71,6 +74,7 @@ impl Host {
         capacity: i32,
         user_data: Option<UserData>,
         cookies: CookieSigner,
+        grants: Option<GrantVerifier>,
     ) -> Self {
         let resources = Resources {
             ttys: TtyAllocator::new(config.tty_range.0.clone()),
@@ -87,6 +91,7 @@ impl Host {
             metrics: Metrics::new(),
             user_data,
             cookies,
+            grants,
             resources: Mutex::new(resources),
             sessions: Mutex::new(HashMap::new()),
             warming: AtomicUsize::new(0),

@@ -3,6 +3,7 @@
 
 use std::net::IpAddr;
 
+use berth_common::grant::GrantVerifier;
 use berth_common::host_api::RegisterRequest;
 use berth_common::imds::{ImdsClient, ImdsError};
 use berth_common::{HostId, HostStatus};
@@ -58,12 +59,15 @@ pub async fn identity(config: &Config) -> Result<Identity, RegistryError> {
 }
 
 /// What registration found.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Registration {
-    /// The host is ACTIVE with this many slots.
-    Active { capacity: i32 },
+#[derive(Debug, Clone)]
+pub struct Registration {
+    /// Sessions this host runs at once.
+    pub capacity: i32,
     /// The host was already told to drain: drain at once and exit.
-    Draining { capacity: i32 },
+    pub draining: bool,
+    /// Checks the browser gateway's access grants (`None`: a control plane
+    /// without a gateway key; grants are then refused).
+    pub grants: Option<GrantVerifier>,
 }
 
 /// The API endpoint and certificate this host publishes.
@@ -104,10 +108,17 @@ pub async fn register(
             },
             error => RegistryError::Control(error),
         })?;
-    let capacity = answer.capacity;
-    Ok(match answer.status {
-        HostStatus::Draining => Registration::Draining { capacity },
-        _ => Registration::Active { capacity },
+    let grants = answer.grant_key.as_deref().and_then(|key| {
+        GrantVerifier::from_public_key(key)
+            .inspect_err(|error| {
+                tracing::warn!(%error, "the control plane's grant key is unusable; the browser gateway cannot reach this host's sessions")
+            })
+            .ok()
+    });
+    Ok(Registration {
+        capacity: answer.capacity,
+        draining: answer.status == HostStatus::Draining,
+        grants,
     })
 }
 

@@ -173,6 +173,11 @@ async fn main() {
         provider,
         Arc::new(BufferPolicy),
         auth,
+        Arc::new(
+            scaling_service::keys::ControlKeys::load_or_create(&pool)
+                .await
+                .unwrap(),
+        ),
     ));
     let (assign_rate, lat) = rate(ASSIGNS, move |i| {
         let scaler = scaler.clone();

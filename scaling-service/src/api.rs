@@ -20,7 +20,7 @@ use crate::auth::AuthError;
 use crate::scaler::Scaler;
 
 const BODY_TIMEOUT: Duration = Duration::from_secs(15);
-const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 const OPENAPI: &str = include_str!("openapi.json");
 
 pub async fn serve(scaler: Arc<Scaler>, listener: TcpListener) {
@@ -40,6 +40,14 @@ pub async fn serve(scaler: Arc<Scaler>, listener: TcpListener) {
 pub type ApiBody = StreamingBody;
 
 pub async fn handle(scaler: Arc<Scaler>, req: Request<Incoming>) -> Response<ApiBody> {
+    // TLS ends in front: session hostnames reach the gateway by Host header.
+    if scaler
+        .gateway
+        .as_ref()
+        .is_some_and(|g| g.address_of(&req).is_some())
+    {
+        return crate::gateway::handle(scaler, req, crate::gateway::Listener::Forwarded).await;
+    }
     let path = req.uri().path().to_owned();
     let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     if let ["v1", "host", rest @ ..] = segments.as_slice() {
@@ -60,6 +68,7 @@ pub async fn handle(scaler: Arc<Scaler>, req: Request<Incoming>) -> Response<Api
         (&Method::GET, ["sessions"]) => list_sessions(&scaler, &req).await,
         (&Method::GET, ["sessions", id]) => get_session(&scaler, &req, id).await,
         (&Method::DELETE, ["sessions", id]) => delete_session(&scaler, &req, id).await,
+        (&Method::POST, ["sessions", id, "login-code"]) => login_code(&scaler, &req, id).await,
         (&Method::GET, ["runtimes"]) => runtimes(&scaler, &req).await,
         (&Method::GET, ["regions"]) => regions(&scaler, &req).await,
         (_, ["healthz" | "readyz" | "metrics" | "openapi.json" | "runtimes" | "regions"]) => {
@@ -67,6 +76,7 @@ pub async fn handle(scaler: Arc<Scaler>, req: Request<Incoming>) -> Response<Api
         }
         (_, ["sessions"]) => Err(ApiError::method_not_allowed("GET, POST")),
         (_, ["sessions", _]) => Err(ApiError::method_not_allowed("GET, DELETE")),
+        (_, ["sessions", _, "login-code"]) => Err(ApiError::method_not_allowed("POST")),
         (_, ["mandelbox", "assign"]) => Err(ApiError::method_not_allowed("POST")),
         _ => Err(ApiError::not_found()),
     };
@@ -300,6 +310,62 @@ async fn get_session(
     let ended = ended
         .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "NOT_FOUND", "no such session"))?;
     Ok(json(StatusCode::OK, &ended_json(&ended)))
+}
+
+/// `POST /sessions/<id>/login-code`: a one-time code that logs a browser in
+/// to the session on the gateway (`url` opens it), so the session token never
+/// sits in a URL.
+async fn login_code(
+    scaler: &Scaler,
+    req: &Request<Incoming>,
+    id: &str,
+) -> Result<HttpResponse, ApiError> {
+    let user = user(scaler, req).await?;
+    let id = session_id(id)?;
+    let Some(gateway) = &scaler.gateway else {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "GATEWAY_OFF",
+            "this scheduler serves no browser gateway (BERTH_GATEWAY_DOMAIN is unset)",
+        ));
+    };
+    // Another user's session is "not found", not "forbidden": ids do not leak.
+    let live: Option<bool> = sqlx::query_scalar(
+        "SELECT status IN ('ALLOCATED', 'CONNECTING', 'RUNNING') FROM sessions WHERE id = $1 AND user_id = $2",
+    )
+    .bind(id)
+    .bind(&user)
+    .fetch_optional(&scaler.db)
+    .await
+    .map_err(internal)?;
+    match live {
+        None => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "NOT_FOUND",
+            "no such session",
+        )),
+        Some(false) => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "SESSION_NOT_LIVE",
+            "the session is ending or ended; ask for a new one",
+        )),
+        Some(true) => {
+            let session = berth_common::SessionId(id);
+            let code = crate::gateway::login::new_code(&scaler.db, session)
+                .await
+                .map_err(internal)?;
+            let base = gateway.session_url(session);
+            Ok(json(
+                StatusCode::CREATED,
+                &json!({
+                    "code": code,
+                    "url": format!("{base}{}?code={code}", crate::gateway::login::LOGIN_PATH),
+                    "session_url": format!("{base}/"),
+                    "expires_in_s": crate::gateway::login::CODE_LIFETIME.as_secs(),
+                }),
+            ))
+        }
+    }
 }
 
 /// How long the sessions list shows a user's ended sessions.

@@ -180,6 +180,39 @@ pub struct Config {
     /// Local provider: the runtime local hosts keep warm.
     #[arg(long, env = "BERTH_LOCAL_RUNTIME", default_value = "desktop")]
     pub local_runtime: String,
+
+    /// Serve the browser gateway: each session at `https://<session id>.<domain>/`
+    /// (and `https://<session id>--<port>.<domain>/` for its other declared TCP
+    /// ports). Point a wildcard DNS record `*.<domain>` at the gateway. Unset:
+    /// no gateway.
+    #[arg(long, env = "BERTH_GATEWAY_DOMAIN", value_parser = crate::gateway::address::parse_domain)]
+    pub gateway_domain: Option<String>,
+
+    /// The gateway's certificate chain (PEM, a wildcard for `*.<domain>`),
+    /// read again when the file changes. With its key, the gateway listens
+    /// with TLS on --gateway-addr; without, it answers on the API listener by
+    /// Host header and TLS must end in front of it (X-Forwarded-Proto: https).
+    #[arg(long, env = "BERTH_GATEWAY_TLS_CERT", requires = "gateway_tls_key")]
+    pub gateway_tls_cert: Option<PathBuf>,
+
+    /// The private key of --gateway-tls-cert (PEM).
+    #[arg(long, env = "BERTH_GATEWAY_TLS_KEY", requires = "gateway_tls_cert")]
+    pub gateway_tls_key: Option<PathBuf>,
+
+    /// Where the gateway's TLS listener binds (with --gateway-tls-cert).
+    #[arg(long, env = "BERTH_GATEWAY_ADDR", default_value = "0.0.0.0:8443")]
+    pub gateway_addr: std::net::SocketAddr,
+
+    /// The port browsers reach the gateway on, for the session URLs the API
+    /// hands out (default: 443, or the TLS listener's port when it is not
+    /// behind a load balancer, i.e. when this is unset and TLS is the gateway's).
+    #[arg(long, env = "BERTH_GATEWAY_PUBLIC_PORT")]
+    pub gateway_public_port: Option<u16>,
+
+    /// Seconds a gateway login lasts (the cookie's lifetime; it also dies
+    /// with its session and when the session token is re-issued).
+    #[arg(long, env = "BERTH_GATEWAY_LOGIN_SECS", default_value_t = 12 * 3600, value_parser = clap::value_parser!(u64).range(60..=30 * 24 * 3600))]
+    pub gateway_login_secs: u64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]

@@ -10,7 +10,9 @@ pub mod controller;
 pub mod deploy;
 pub mod evidence;
 pub mod faults;
+pub mod gateway;
 pub mod host_api;
+pub mod keys;
 pub mod launch;
 pub mod metrics;
 pub mod policy;
@@ -44,6 +46,20 @@ pub enum Error {
     },
     #[error("BERTH_CONTROL_URL is not set: hosts launched on EC2 must be told where the control plane's host API is (e.g. https://berth-control.example.com); only development environments (BERTH_ENV dev or dev-*) default to this listener's loopback address")]
     NoControlUrl,
+    #[error(transparent)]
+    Keys(#[from] keys::KeyError),
+    #[error("the gateway certificate: {0}; give BERTH_GATEWAY_TLS_CERT and BERTH_GATEWAY_TLS_KEY as readable PEM files")]
+    GatewayCert(#[from] gateway::tls::CertError),
+    #[error("the gateway's TLS settings: {0}")]
+    GatewayTls(#[from] rustls::Error),
+    #[error("BERTH_GATEWAY_TLS_CERT is set but BERTH_GATEWAY_DOMAIN is not: say which domain the gateway serves sessions under")]
+    GatewayWithoutDomain,
+    #[error("binding the gateway on {addr}: {source}; is BERTH_GATEWAY_ADDR in use?")]
+    GatewayBind {
+        addr: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("binding the API on {addr}: {source}; is PORT in use?")]
     Bind {
         addr: std::net::SocketAddr,
@@ -62,6 +78,10 @@ impl Error {
             | Error::UserData { .. }
             | Error::NoControlUrl
             | Error::HostId(_)
+            | Error::GatewayCert(_)
+            | Error::GatewayTls(_)
+            | Error::GatewayWithoutDomain
+            | Error::GatewayBind { .. }
             | Error::HostToken(host_api::identity::IssueError::Conflict(_)) => exit::CONFIG,
             _ => exit::RUNTIME,
         }

@@ -30,6 +30,14 @@ pub struct Metrics {
     pub mass_silence: Family<Vec<(String, String)>, Gauge>,
     /// Host watch streams this replica holds (set when rendered).
     pub host_streams: Gauge,
+    /// Browser gateway: requests addressed to a session.
+    pub gateway_requests: Counter,
+    /// Browser gateway: WebSocket (and other) upgrades tunnelled to a host.
+    pub gateway_upgrades: Counter,
+    /// Browser gateway: body and tunnel bytes, `direction` up (to the app) or down.
+    pub gateway_bytes: Family<Vec<(String, String)>, Counter>,
+    /// Browser gateway: requests refused, by `reason` (the error code).
+    pub gateway_refusals: Family<Vec<(String, String)>, Counter>,
 }
 
 impl Default for Metrics {
@@ -55,6 +63,10 @@ impl Metrics {
             silent_hosts: Family::default(),
             mass_silence: Family::default(),
             host_streams: Gauge::default(),
+            gateway_requests: Counter::default(),
+            gateway_upgrades: Counter::default(),
+            gateway_bytes: Family::default(),
+            gateway_refusals: Family::default(),
             registry: Registry::default(),
         };
         registry.register("assigns", "Sessions assigned", m.assigns.clone());
@@ -109,6 +121,26 @@ impl Metrics {
             "host_streams",
             "Host watch streams this replica holds",
             m.host_streams.clone(),
+        );
+        registry.register(
+            "gateway_requests",
+            "Browser gateway requests addressed to a session",
+            m.gateway_requests.clone(),
+        );
+        registry.register(
+            "gateway_upgrades",
+            "Browser gateway upgrades (WebSockets) tunnelled to a host",
+            m.gateway_upgrades.clone(),
+        );
+        registry.register(
+            "gateway_bytes",
+            "Browser gateway body and tunnel bytes by direction (up: to the app)",
+            m.gateway_bytes.clone(),
+        );
+        registry.register(
+            "gateway_refusals",
+            "Browser gateway requests refused, by reason",
+            m.gateway_refusals.clone(),
         );
         Self { registry, ..m }
     }

@@ -16,8 +16,10 @@ use crate::assign::{assign, AssignError, AssignRequest, Assigned};
 use crate::auth::Authenticator;
 use crate::config::Config;
 use crate::evidence::{Evidence, Silence};
+use crate::gateway::Gateway;
 use crate::host_api::heartbeats::HeartbeatBatch;
 use crate::host_api::hub::Hub;
+use crate::keys::ControlKeys;
 use crate::metrics::Metrics;
 use crate::policy::Policy;
 use crate::provider::Provider;
@@ -46,6 +48,10 @@ pub struct Scaler {
     pub(crate) hub: Arc<Hub>,
     /// Heartbeats waiting for the next batched write.
     pub(crate) heartbeats: Arc<HeartbeatBatch>,
+    /// Keys all replicas share (grant signing, gateway cookies).
+    pub keys: Arc<ControlKeys>,
+    /// The browser gateway, when BERTH_GATEWAY_DOMAIN is set.
+    pub gateway: Option<Gateway>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -59,8 +65,18 @@ impl Scaler {
         provider: Arc<dyn Provider>,
         policy: Arc<dyn Policy>,
         auth: Authenticator,
+        keys: Arc<ControlKeys>,
     ) -> Self {
+        let gateway = config.gateway_domain.clone().map(|domain| {
+            Gateway::new(
+                domain,
+                std::time::Duration::from_secs(config.gateway_login_secs),
+                keys.clone(),
+            )
+        });
         Self {
+            keys,
+            gateway,
             db,
             provider,
             policy,

@@ -10,17 +10,20 @@ use tokio::net::TcpListener;
 
 use crate::auth::Authenticator;
 use crate::config::{Config, ProviderKind};
+use crate::keys::ControlKeys;
 use crate::policy::BufferPolicy;
 use crate::provider::aws::AwsProvider;
 use crate::provider::local::{LocalProvider, LocalSettings};
 use crate::provider::Provider;
 use crate::scaler::Scaler;
-use crate::{api, controller, host_api, Error};
+use crate::{api, controller, gateway, host_api, Error};
 
 #[derive(Debug)]
 pub struct Service {
     pub scaler: Arc<Scaler>,
     pub addr: SocketAddr,
+    /// The gateway's TLS listener, when it has one.
+    pub gateway_addr: Option<SocketAddr>,
 }
 
 pub async fn start(config: Config) -> Result<Service, Error> {
@@ -56,8 +59,29 @@ pub async fn start_with_provider(
             source,
         })?;
     }
+    if config.gateway_tls_cert.is_some() && config.gateway_domain.is_none() {
+        return Err(Error::GatewayWithoutDomain);
+    }
+    let gateway_cert = match (&config.gateway_tls_cert, &config.gateway_tls_key) {
+        (Some(cert), Some(key)) => Some(Arc::new(gateway::tls::ReloadingCert::load(cert, key)?)),
+        _ => None,
+    };
     let pool = db::connect(&config.database.database_url, "scaling-service", 32).await?;
     db::prepare_schema(&pool, config.database.migrate).await?;
+    let keys = Arc::new(ControlKeys::load_or_create(&pool).await?);
+    let gateway_listener = match &gateway_cert {
+        Some(_) => {
+            let addr = config.gateway_addr;
+            let listener = TcpListener::bind(addr)
+                .await
+                .map_err(|source| Error::GatewayBind { addr, source })?;
+            let bound = listener
+                .local_addr()
+                .map_err(|source| Error::GatewayBind { addr, source })?;
+            Some((listener, bound))
+        }
+        None => None,
+    };
     let addr = SocketAddr::new(config.listen_ip, config.port);
     let listener = TcpListener::bind(addr)
         .await
@@ -78,8 +102,30 @@ pub async fn start_with_provider(
         provider,
         Arc::new(BufferPolicy),
         auth,
+        keys,
     ));
     scaler.tasks.spawn(api::serve(scaler.clone(), listener));
+    let mut gateway_addr = None;
+    if let (Some(gateway), Some(cert), Some((listener, bound))) =
+        (&scaler.gateway, gateway_cert, gateway_listener)
+    {
+        gateway.set_public_port(scaler.config.gateway_public_port.unwrap_or(bound.port()));
+        let tls = Arc::new(cert.server_config()?);
+        scaler.tasks.spawn(cert.clone().watch(scaler.stop.clone()));
+        scaler
+            .tasks
+            .spawn(gateway::serve_tls(scaler.clone(), listener, tls));
+        tracing::info!(addr = %bound, domain = gateway.domain, "browser gateway serving");
+        gateway_addr = Some(bound);
+    } else if let Some(gateway) = &scaler.gateway {
+        if let Some(port) = scaler.config.gateway_public_port {
+            gateway.set_public_port(port);
+        }
+        tracing::info!(
+            domain = gateway.domain,
+            "browser gateway serving on the API listener (TLS in front)"
+        );
+    }
     scaler.tasks.spawn(controller::supervise(scaler.clone()));
     scaler.tasks.spawn(host_api::watch::run(scaler.clone()));
     scaler.tasks.spawn(host_api::heartbeats::run(
@@ -93,7 +139,11 @@ pub async fn start_with_provider(
         scaler.stop.clone(),
     ));
     tracing::info!(%addr, "scaling-service serving");
-    Ok(Service { scaler, addr })
+    Ok(Service {
+        scaler,
+        addr,
+        gateway_addr,
+    })
 }
 
 impl Service {

@@ -229,6 +229,16 @@ impl HostClient {
         })
     }
 
+    /// The pinned HTTP client, for requests this type has no method for.
+    pub fn raw(&self) -> &reqwest::Client {
+        &self.http
+    }
+
+    /// `https://<host>:<port><path>`.
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
     /// Sends the session's configuration; answers once the app is ready.
     pub async fn json_transport(
         &self,

@@ -1,10 +1,15 @@
 //! Test support for every Berth crate: a fresh, migrated database per test on
 //! the PostgreSQL that DATABASE_URL points at (scripts/test starts one),
-//! bounded waits and child processes, and a checker for classic metrics text.
+//! bounded waits and child processes, a checker for classic metrics text, a
+//! test CA (`tls_ca`) and a real headless Chromium driven over WebDriver
+//! (`browser`).
 //! Only dev-dependencies name this crate, so nothing here reaches a binary and
 //! the test build compiles `berth-common` exactly as the binaries do.
 
 use sqlx::PgPool;
+
+pub mod browser;
+pub mod tls_ca;
 
 use berth_common::db;
 

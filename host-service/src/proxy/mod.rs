@@ -13,6 +13,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use berth_common::auth::token_matches;
+use berth_common::grant::{unix_now, GrantRefused, GRANT_HEADER};
 use berth_common::http::{read_body, ApiError};
 use berth_common::SessionId;
 use bytes::Bytes;
@@ -51,10 +52,52 @@ fn refused(status: StatusCode, code: &'static str, message: impl Into<String>) -
     ApiError::new(status, code, message)
 }
 
-/// How a request proved it is the session's owner.
+/// How a request proved it may use the session.
 enum Credential {
     Bearer,
     Cookie,
+    /// An access grant from the control plane's browser gateway.
+    Grant,
+}
+
+/// The session, if `value` is a grant the control plane signed for this
+/// host, this session and this port, and unexpired.
+fn authorize_grant(
+    host: &Host,
+    value: &HeaderValue,
+    id: &str,
+    raw_port: &str,
+) -> Result<(Arc<Session>, Owner, Credential), ApiError> {
+    let verifier = host.grants.as_ref().ok_or_else(|| {
+        refused(
+            StatusCode::FORBIDDEN,
+            "GRANTS_UNAVAILABLE",
+            "this host holds no grant key from the control plane; it gets one when it registers",
+        )
+    })?;
+    let grant = value
+        .to_str()
+        .map_err(|_| GrantRefused::Malformed)
+        .and_then(|v| verifier.verify(v, unix_now()))
+        .map_err(|why| {
+            let code = match why {
+                GrantRefused::Expired => "GRANT_EXPIRED",
+                _ => "GRANT_INVALID",
+            };
+            refused(StatusCode::FORBIDDEN, code, why.to_string())
+        })?;
+    let (session, owner) = session_and_owner(host, id)?;
+    if grant.host != host.id.as_str()
+        || grant.session != session.id
+        || grant.port.to_string() != raw_port
+    {
+        return Err(refused(
+            StatusCode::FORBIDDEN,
+            "GRANT_WRONG_TARGET",
+            GrantRefused::WrongTarget.to_string(),
+        ));
+    }
+    Ok((session, owner, Credential::Grant))
 }
 
 /// The session, if the request holds its token or a valid cookie. Unknown
@@ -132,7 +175,10 @@ pub async fn forward(
     id: &str,
     raw_port: &str,
 ) -> Result<Response<Body>, ApiError> {
-    let (session, owner, credential) = authenticate(host, req.headers(), id)?;
+    let (session, owner, credential) = match req.headers().get(GRANT_HEADER) {
+        Some(grant) => authorize_grant(host, grant, id, raw_port)?,
+        None => authenticate(host, req.headers(), id)?,
+    };
     let port = allowed_port(&session, raw_port)?;
     if session.running_owner().as_ref() != Some(&owner) {
         return Err(refused(
@@ -163,6 +209,7 @@ pub async fn forward(
         .or_else(|| parts.uri.authority().and_then(|a| a.as_str().parse().ok()));
     strip_hop_by_hop(&mut headers);
     cookie::strip(&mut headers);
+    headers.remove(GRANT_HEADER);
     if matches!(credential, Credential::Bearer) {
         headers.remove(header::AUTHORIZATION);
     }
@@ -178,8 +225,11 @@ pub async fn forward(
         HeaderName::from_static("x-forwarded-proto"),
         HeaderValue::from_static("https"),
     );
-    if let Ok(v) = HeaderValue::from_str(&prefix) {
-        headers.insert(HeaderName::from_static("x-forwarded-prefix"), v);
+    // Through the gateway the app is the root of its own origin.
+    if !matches!(credential, Credential::Grant) {
+        if let Ok(v) = HeaderValue::from_str(&prefix) {
+            headers.insert(HeaderName::from_static("x-forwarded-prefix"), v);
+        }
     }
 
     let guard = session.activity.connect();

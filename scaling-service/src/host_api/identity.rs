@@ -262,6 +262,7 @@ pub(crate) async fn register(
             Some(Credential::Made(made)) => Some(made.token),
             _ => None,
         },
+        grant_key: Some(scaler.keys.grants.public_key()),
     };
     Ok(json(
         StatusCode::OK,

@@ -5,7 +5,6 @@
 //! connection comes back after a drop, every stream gets a fresh snapshot:
 //! notifications sent meanwhile are lost, the rows are not.
 
-use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -158,7 +157,7 @@ pub(crate) async fn stream(
     };
     let frames = futures_util::stream::unfold(state, |mut s| async move {
         if let Some(first) = s.first.take() {
-            return Some((Ok::<_, Infallible>(Frame::data(first)), s));
+            return Some((Ok::<_, berth_common::http::BoxError>(Frame::data(first)), s));
         }
         let push = tokio::select! {
             _ = s.scaler.stop.cancelled() => return None,

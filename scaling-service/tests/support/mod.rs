@@ -110,6 +110,11 @@ pub async fn scaler(
         provider,
         Arc::new(BufferPolicy),
         auth,
+        Arc::new(
+            scaling_service::keys::ControlKeys::load_or_create(&db.pool)
+                .await
+                .unwrap(),
+        ),
     ))
 }
 

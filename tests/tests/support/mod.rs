@@ -58,16 +58,29 @@ impl System {
         idle_timeout_s: Option<i32>,
         extra: &[&str],
     ) -> Self {
+        let ports = json!([{"container_port": 8080, "protocol": "tcp"}]);
+        Self::start_with_ports(target_free_slots, max_hosts, idle_timeout_s, &ports, extra).await
+    }
+
+    /// With the `desktop` runtime declaring `ports` (its runtime row's JSON).
+    pub async fn start_with_ports(
+        target_free_slots: i32,
+        max_hosts: i32,
+        idle_timeout_s: Option<i32>,
+        ports: &serde_json::Value,
+        extra: &[&str],
+    ) -> Self {
         let db = TestDb::new().await;
         // A development environment: tokens are minted without issuer and audience.
         let env = format!("dev-e{}", &uuid::Uuid::new_v4().simple().to_string()[..10]);
         let local_dir = std::env::temp_dir().join(format!("berth-e2e-{env}"));
         sqlx::query(
             "INSERT INTO runtimes (name, image, ports, readiness, needs_tty, memory_mib, idle_timeout_s) VALUES ('desktop', $1, \
-             '[{\"container_port\": 8080, \"protocol\": \"tcp\"}]', '{\"http\": {\"port\": 8080, \"path\": \"/ready\"}}', true, 64, $2)",
+             $3, '{\"http\": {\"port\": 8080, \"path\": \"/ready\"}}', true, 64, $2)",
         )
         .bind(std::env::var("BERTH_TEST_IMAGE").unwrap_or_else(|_| "berth-test-app:1".into()))
         .bind(idle_timeout_s)
+        .bind(ports)
         .execute(&db.pool)
         .await
         .unwrap();
@@ -319,3 +332,4 @@ pub async fn running_session(user: &ScalerClient, csid: &str) -> (Assigned, Stri
         .unwrap();
     (assigned, token, ports[0].host_port.expect("a public port"))
 }
+pub mod gateway;

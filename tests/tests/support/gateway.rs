@@ -1,0 +1,174 @@
+//! The whole system with the browser gateway on: a test CA's wildcard
+//! certificate for `*.gw.test` on the gateway's TLS listener, names resolved
+//! to loopback by the client (never DNS), and a `desktop` runtime whose
+//! default web port is the helper app's (8081: WebSocket echo, streaming,
+//! uploads, headers) with busybox httpd's 8080 as a second declared port.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use berth_testing::tls_ca::TestCa;
+use serde_json::{json, Value};
+
+use super::System;
+
+pub const DOMAIN: &str = "gw.test";
+
+pub struct GatewaySystem {
+    pub system: System,
+    pub ca: TestCa,
+    /// The gateway's TLS listener.
+    pub addr: SocketAddr,
+    pub certs: PathBuf,
+}
+
+impl GatewaySystem {
+    /// Two local hosts of two slots, all warm.
+    pub async fn start() -> Self {
+        let ca = TestCa::new("berth gateway test CA").unwrap();
+        let certs = std::env::temp_dir().join(format!("berth-gw-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&certs).unwrap();
+        let files = ca
+            .issue(&[&format!("*.{DOMAIN}"), DOMAIN])
+            .unwrap()
+            .write_to(&certs, "gateway")
+            .unwrap();
+        let ports = json!([
+            {"container_port": 8081, "protocol": "tcp"},
+            {"container_port": 8080, "protocol": "tcp"}
+        ]);
+        let (cert, key) = (
+            files.cert.display().to_string(),
+            files.key.display().to_string(),
+        );
+        let system = System::start_with_ports(
+            4,
+            2,
+            None,
+            &ports,
+            &[
+                "--gateway-domain",
+                DOMAIN,
+                "--gateway-tls-cert",
+                &cert,
+                "--gateway-tls-key",
+                &key,
+                "--gateway-addr",
+                "127.0.0.1:0",
+            ],
+        )
+        .await;
+        let addr = system
+            .service
+            .as_ref()
+            .and_then(|s| s.gateway_addr)
+            .expect("the gateway listens with TLS");
+        system.warm(2, 4).await;
+        Self {
+            system,
+            ca,
+            addr,
+            certs,
+        }
+    }
+
+    /// `https://<label>.gw.test:<port><path>`.
+    pub fn url(&self, label: &str, path: &str) -> String {
+        format!("https://{label}.{DOMAIN}:{}{path}", self.addr.port())
+    }
+
+    /// A client that trusts only the test CA and resolves these labels'
+    /// names to the gateway; it keeps no cookies and follows no redirects.
+    pub fn client(&self, labels: &[&str]) -> reqwest::Client {
+        let mut builder = reqwest::Client::builder()
+            .use_rustls_tls()
+            .tls_built_in_root_certs(false)
+            .add_root_certificate(
+                reqwest::Certificate::from_pem(self.ca.ca_pem().as_bytes()).unwrap(),
+            )
+            .redirect(reqwest::redirect::Policy::none())
+            .no_proxy()
+            .timeout(Duration::from_secs(120));
+        for label in labels {
+            builder = builder.resolve(&format!("{label}.{DOMAIN}"), self.addr);
+        }
+        builder.build().unwrap()
+    }
+
+    /// A login code for the session, asked by its owner with their JWT.
+    pub async fn login_code(&self, user: &str, session: &str) -> reqwest::Response {
+        let token = berth_tests::client::dev_user_token(
+            super::SECRET,
+            user,
+            None,
+            None,
+            Duration::from_secs(600),
+        );
+        reqwest::Client::new()
+            .post(format!("{}/sessions/{session}/login-code", self.system.url))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// Logs in to `label` with a fresh code of `user`'s and returns the
+    /// cookie pair (`__Host-berth=…`) the gateway set.
+    pub async fn log_in(&self, user: &str, label: &str) -> String {
+        let session = &label[..36];
+        let answer = self.login_code(user, session).await;
+        assert_eq!(answer.status(), 201, "login code for {label}");
+        let code: Value = answer.json().await.unwrap();
+        let code = code["code"].as_str().unwrap();
+        let login = self
+            .client(&[label])
+            .get(self.url(label, &format!("/_berth/login?code={code}")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(login.status(), 200, "login at {label}");
+        cookie_pair(&login)
+    }
+
+    /// The client config a WebSocket needs over the gateway's TLS.
+    pub fn tls_config(&self) -> Arc<rustls::ClientConfig> {
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in rustls_pemfile_certs(self.ca.ca_pem()) {
+            roots.add(cert).unwrap();
+        }
+        Arc::new(
+            rustls::ClientConfig::builder_with_provider(Arc::new(
+                rustls::crypto::ring::default_provider(),
+            ))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth(),
+        )
+    }
+
+    pub async fn stop(self) {
+        self.system.stop().await;
+        let _ = std::fs::remove_dir_all(&self.certs);
+    }
+}
+
+fn rustls_pemfile_certs(pem: &str) -> Vec<rustls::pki_types::CertificateDer<'static>> {
+    use rustls::pki_types::pem::PemObject;
+    rustls::pki_types::CertificateDer::pem_slice_iter(pem.as_bytes())
+        .map(Result::unwrap)
+        .collect()
+}
+
+/// The `name=value` of the gateway cookie a response set.
+pub fn cookie_pair(response: &reqwest::Response) -> String {
+    let set = response
+        .headers()
+        .get("set-cookie")
+        .expect("a Set-Cookie header")
+        .to_str()
+        .unwrap();
+    set.split(';').next().unwrap().trim().to_owned()
+}
