@@ -166,6 +166,45 @@ pub fn bearer<B>(req: &Request<B>) -> Result<String, ApiError> {
         .ok_or_else(ApiError::unauthorized)
 }
 
+/// The Upgrade header when the client asks for one (`Connection: upgrade`).
+pub fn requested_upgrade(headers: &http::HeaderMap) -> Option<http::HeaderValue> {
+    let asks = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
+    asks.then(|| headers.get(header::UPGRADE).cloned())
+        .flatten()
+}
+
+/// Hop-by-hop headers (RFC 9110 §7.6.1) and those the Connection header names.
+pub fn strip_hop_by_hop(headers: &mut http::HeaderMap) {
+    let named: Vec<http::HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| http::HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in [
+        header::CONNECTION,
+        http::HeaderName::from_static("keep-alive"),
+        http::HeaderName::from_static("proxy-connection"),
+        header::PROXY_AUTHENTICATE,
+        header::PROXY_AUTHORIZATION,
+        header::TE,
+        header::TRAILER,
+        header::TRANSFER_ENCODING,
+        header::UPGRADE,
+    ] {
+        headers.remove(name);
+    }
+}
+
 /// How a listener keeps clients that connect and say nothing, or too many
 /// clients at once, from using it up.
 #[derive(Clone, Copy, Debug)]
@@ -359,5 +398,27 @@ impl<IO: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for FirstByteDeadl
 
     fn is_write_vectored(&self) -> bool {
         self.io.is_write_vectored()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderMap;
+
+    #[test]
+    fn hop_by_hop_headers_do_not_cross() {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::CONNECTION, "keep-alive, x-secret".parse().unwrap());
+        headers.insert("x-secret", "1".parse().unwrap());
+        headers.insert(header::TRANSFER_ENCODING, "chunked".parse().unwrap());
+        headers.insert(header::ACCEPT, "*/*".parse().unwrap());
+        assert!(requested_upgrade(&headers).is_none());
+        strip_hop_by_hop(&mut headers);
+        assert_eq!(headers.len(), 1);
+        let mut ws = HeaderMap::new();
+        ws.insert(header::CONNECTION, "keep-alive, Upgrade".parse().unwrap());
+        ws.insert(header::UPGRADE, "websocket".parse().unwrap());
+        assert_eq!(requested_upgrade(&ws).unwrap(), "websocket");
     }
 }

@@ -19,6 +19,7 @@ pub mod ids;
 pub mod imds;
 pub mod mounts;
 pub mod operator;
+pub mod relay;
 pub mod telemetry;
 pub mod tls;
 

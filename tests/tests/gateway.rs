@@ -344,3 +344,155 @@ async fn each_session_is_its_own_origin_reached_only_with_its_own_login() {
     );
     gw.stop().await;
 }
+
+/// The resident memory of process `pid`, in bytes.
+fn rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    kib * 1024
+}
+
+/// The highest RSS of `pid` seen until the returned sender is dropped.
+fn watch_peak_rss(
+    pid: u32,
+) -> (
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<u64>,
+) {
+    let (stop, mut stopped) = tokio::sync::oneshot::channel();
+    let peak = tokio::spawn(async move {
+        let mut peak = rss(pid);
+        loop {
+            tokio::select! {
+                _ = &mut stopped => return peak,
+                _ = tokio::time::sleep(Duration::from_millis(50)) => peak = peak.max(rss(pid)),
+            }
+        }
+    });
+    (stop, peak)
+}
+
+const MIB: u64 = 1 << 20;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn big_bodies_stream_through_a_gateway_replica_in_bounded_memory_and_its_death_leaves_the_session_running(
+) {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let gw = GatewaySystem::start().await;
+    let alice = gw.system.user("alice");
+    let (a, _, _) = running_session(&alice, "gw-big").await;
+    let id = a.session_id.clone();
+
+    // A second control-plane replica, its own process, serving the gateway.
+    let (replica, replica_addr) = gw
+        .replica(&berth_testing::workspace_binary("scaling-service"))
+        .await;
+    let port = replica_addr.port();
+    let pid = replica.0.id();
+    // Logged in on one replica, served by the other: the replicas share keys.
+    let cookie = gw.log_in("alice", &id).await;
+    let client = gw.client_via(&[&id], replica_addr);
+    let url = |path: &str| format!("https://{id}.{DOMAIN}:{port}{path}");
+    let warm_up = client
+        .get(url("/headers"))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(warm_up.status(), 200, "the replica serves the session");
+    let before = rss(pid);
+
+    // 1 GiB down.
+    let (stop, peak) = watch_peak_rss(pid);
+    let started = std::time::Instant::now();
+    let mut download = client
+        .get(url(&format!("/stream?bytes={}", 1024 * MIB)))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(download.status(), 200);
+    let mut received = 0u64;
+    while let Some(chunk) = download.chunk().await.unwrap() {
+        received += chunk.len() as u64;
+    }
+    let down_secs = started.elapsed().as_secs_f64();
+    assert_eq!(received, 1024 * MIB, "every byte of the download arrived");
+
+    // 256 MiB up.
+    let started = std::time::Instant::now();
+    let upload: Value = client
+        .post(url("/upload"))
+        .header("cookie", &cookie)
+        .body(vec![b'u'; (256 * MIB) as usize])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let up_secs = started.elapsed().as_secs_f64();
+    assert_eq!(upload["bytes"], 256 * MIB, "the app got the whole upload");
+    let _ = stop.send(());
+    let grown = peak.await.unwrap().saturating_sub(before);
+    eprintln!(
+        "gateway replica: RSS {} MiB before, peak +{:.1} MiB; 1 GiB down in {down_secs:.1} s, 256 MiB up in {up_secs:.1} s",
+        before / MIB,
+        grown as f64 / MIB as f64
+    );
+    assert!(
+        grown < 32 * MIB,
+        "the gateway's memory grew by {grown} bytes streaming 1 GiB down and 256 MiB up"
+    );
+
+    // The replica dies mid-download: the client's stream breaks, the
+    // session runs on and the other replica serves it.
+    let mut download = client
+        .get(url(&format!("/stream?bytes={}", 1024 * MIB)))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
+    let mut received = 0u64;
+    while received < 8 * MIB {
+        received += download.chunk().await.unwrap().unwrap().len() as u64;
+    }
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let broken = async {
+        loop {
+            match download.chunk().await {
+                Ok(Some(chunk)) => received += chunk.len() as u64,
+                Ok(None) | Err(_) => return,
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(30), broken)
+        .await
+        .expect("the download ends when its gateway dies");
+    assert!(received < 1024 * MIB, "the download was cut, not finished");
+    drop(replica);
+    let status: String =
+        sqlx::query_scalar("SELECT status::text FROM sessions WHERE id = $1::uuid")
+            .bind(&id)
+            .fetch_one(&gw.system.db.pool)
+            .await
+            .unwrap();
+    assert_eq!(status, "RUNNING", "a gateway's death is not the session's");
+    let other = gw
+        .client(&[&id])
+        .get(gw.url(&id, "/headers"))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(other.status(), 200, "the other replica serves the session");
+    gw.stop().await;
+}

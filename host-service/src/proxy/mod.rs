@@ -7,27 +7,23 @@
 
 pub mod cookie;
 
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use berth_common::auth::token_matches;
 use berth_common::grant::{unix_now, GrantRefused, GRANT_HEADER};
-use berth_common::http::{read_body, ApiError};
+use berth_common::http::{read_body, requested_upgrade, strip_hop_by_hop, ApiError};
+use berth_common::relay::{tunnel, Observed};
 use berth_common::SessionId;
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Version};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Empty};
-use hyper::body::{Frame, Incoming, SizeHint};
-use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use hyper::body::Incoming;
 
 use crate::host::Host;
 use crate::resources::Protocol;
-use crate::session::activity::ConnectionGuard;
 use crate::session::{Owner, Session};
 use crate::upstream;
 
@@ -233,7 +229,8 @@ pub async fn forward(
     }
 
     let guard = session.activity.connect();
-    let mut upstream_req = Request::new(Tracked::new(body, session.activity.connect()));
+    let request_guard = session.activity.connect();
+    let mut upstream_req = Request::new(Observed::new(body, move |_| request_guard.touch()));
     *upstream_req.method_mut() = parts.method;
     *upstream_req.uri_mut() = upstream_uri
         .parse()
@@ -262,7 +259,15 @@ pub async fn forward(
             return Err(bad_gateway("the app switched protocols unasked".into()));
         };
         let upstream_upgrade = hyper::upgrade::on(&mut response);
-        tokio::spawn(tunnel(client_upgrade, upstream_upgrade, guard));
+        // One open connection, active on every chunk either way, until both sides end.
+        let guard = Arc::new(guard);
+        let up = guard.clone();
+        tokio::spawn(tunnel(
+            client_upgrade,
+            upstream_upgrade,
+            move |_| up.touch(),
+            move |_| guard.touch(),
+        ));
         let (parts, _) = response.into_parts();
         return Ok(Response::from_parts(parts, boxed(Empty::<Bytes>::new())));
     }
@@ -270,7 +275,7 @@ pub async fn forward(
     strip_hop_by_hop(&mut parts.headers);
     Ok(Response::from_parts(
         parts,
-        boxed(Tracked::new(body, guard)),
+        boxed(Observed::new(body, move |_| guard.touch())),
     ))
 }
 
@@ -284,129 +289,6 @@ fn upstream_path<B>(req: &Request<B>, prefix: &str) -> String {
     match req.uri().query() {
         Some(q) => format!("{rest}?{q}"),
         None => rest,
-    }
-}
-
-/// The Upgrade header when the client asks for one (`Connection: upgrade`).
-fn requested_upgrade(headers: &HeaderMap) -> Option<HeaderValue> {
-    let asks = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
-    asks.then(|| headers.get(header::UPGRADE).cloned())
-        .flatten()
-}
-
-/// Hop-by-hop headers (RFC 9110 §7.6.1) and those the Connection header names.
-fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-        .collect();
-    for name in named {
-        headers.remove(name);
-    }
-    for name in [
-        header::CONNECTION,
-        HeaderName::from_static("keep-alive"),
-        HeaderName::from_static("proxy-connection"),
-        header::PROXY_AUTHENTICATE,
-        header::PROXY_AUTHORIZATION,
-        header::TE,
-        header::TRAILER,
-        header::TRANSFER_ENCODING,
-        header::UPGRADE,
-    ] {
-        headers.remove(name);
-    }
-}
-
-/// Copies bytes both ways between the upgraded client and app connections,
-/// counting as one open connection (and activity on every chunk) until both
-/// sides are done.
-async fn tunnel(
-    client: hyper::upgrade::OnUpgrade,
-    app: hyper::upgrade::OnUpgrade,
-    guard: ConnectionGuard,
-) {
-    let (client, app) = match tokio::try_join!(client, app) {
-        Ok(pair) => pair,
-        Err(error) => {
-            tracing::debug!(%error, "proxy: upgrade failed");
-            return;
-        }
-    };
-    let (client_read, client_write) = tokio::io::split(TokioIo::new(client));
-    let (app_read, app_write) = tokio::io::split(TokioIo::new(app));
-    tokio::join!(
-        pump(client_read, app_write, &guard),
-        pump(app_read, client_write, &guard)
-    );
-}
-
-async fn pump(
-    mut from: impl AsyncRead + Unpin,
-    mut to: impl AsyncWrite + Unpin,
-    guard: &ConnectionGuard,
-) {
-    let mut buffer = vec![0u8; 16 * 1024];
-    loop {
-        match from.read(&mut buffer).await {
-            Ok(0) | Err(_) => break,
-            Ok(n) => {
-                guard.touch();
-                if to.write_all(&buffer[..n]).await.is_err() {
-                    break;
-                }
-            }
-        }
-    }
-    let _ = to.shutdown().await;
-}
-
-/// A body that counts as activity while it streams, and keeps its session's
-/// connection open until it ends.
-struct Tracked<B> {
-    inner: B,
-    guard: ConnectionGuard,
-}
-
-impl<B> Tracked<B> {
-    fn new(inner: B, guard: ConnectionGuard) -> Self {
-        Self { inner, guard }
-    }
-}
-
-impl<B> hyper::body::Body for Tracked<B>
-where
-    B: hyper::body::Body<Data = Bytes> + Unpin,
-{
-    type Data = Bytes;
-    type Error = B::Error;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
-        let this = self.get_mut();
-        let polled = Pin::new(&mut this.inner).poll_frame(cx);
-        if let Poll::Ready(Some(Ok(_))) = &polled {
-            this.guard.touch();
-        }
-        polled
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
     }
 }
 
@@ -506,21 +388,5 @@ mod tests {
         ] {
             assert_eq!(upstream_path(&request(uri), prefix), want, "{uri}");
         }
-    }
-
-    #[test]
-    fn hop_by_hop_headers_do_not_cross() {
-        let mut headers = HeaderMap::new();
-        headers.insert(header::CONNECTION, "keep-alive, x-secret".parse().unwrap());
-        headers.insert("x-secret", "1".parse().unwrap());
-        headers.insert(header::TRANSFER_ENCODING, "chunked".parse().unwrap());
-        headers.insert(header::ACCEPT, "*/*".parse().unwrap());
-        assert!(requested_upgrade(&headers).is_none());
-        strip_hop_by_hop(&mut headers);
-        assert_eq!(headers.len(), 1);
-        let mut ws = HeaderMap::new();
-        ws.insert(header::CONNECTION, "keep-alive, Upgrade".parse().unwrap());
-        ws.insert(header::UPGRADE, "websocket".parse().unwrap());
-        assert_eq!(requested_upgrade(&ws).unwrap(), "websocket");
     }
 }

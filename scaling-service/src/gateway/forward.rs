@@ -7,22 +7,20 @@
 //! bounded whatever their size.
 
 use std::collections::HashMap;
-use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use berth_common::grant::GRANT_HEADER;
-use berth_common::http::{ApiError, BoxError, StreamingBody};
+use berth_common::http::{requested_upgrade, strip_hop_by_hop, ApiError, BoxError, StreamingBody};
+use berth_common::relay::{tunnel, Observed};
 use bytes::Bytes;
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode, Uri, Version};
 use http_body_util::{BodyExt, Empty};
-use hyper::body::{Frame, Incoming, SizeHint};
+use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use prometheus_client::metrics::counter::Counter;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::route::HostTarget;
@@ -46,11 +44,25 @@ impl std::fmt::Debug for HostConnections {
     }
 }
 
-/// Byte counters of one forwarded exchange.
+/// The gateway's counters one forwarded exchange adds to.
 #[derive(Clone, Debug)]
 pub struct Traffic {
+    /// Bytes to the app.
     pub up: Counter,
+    /// Bytes from the app.
     pub down: Counter,
+    pub upgrades: Counter,
+}
+
+/// Where a request goes and what it carries there.
+#[derive(Debug)]
+pub struct Destination<'a> {
+    pub host: &'a HostTarget,
+    /// The session hostname the browser used: the app sees it as its host.
+    pub authority: &'a str,
+    /// `/sessions/<id>/proxy/<port>/…` on the host.
+    pub path: &'a str,
+    pub grant: &'a str,
 }
 
 fn unreachable(target: &HostTarget, why: impl std::fmt::Display) -> ApiError {
@@ -94,8 +106,10 @@ impl HostConnections {
         let tls = tls_connect(target, b"h2").await?;
         let (sender, connection) = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
-            .initial_stream_window_size(2 << 20)
-            .initial_connection_window_size(8 << 20)
+            .initial_stream_window_size(4 << 20)
+            .initial_connection_window_size(16 << 20)
+            // Fewer, larger DATA frames from the host: less framing per byte.
+            .max_frame_size(1 << 20)
             .keep_alive_interval(Duration::from_secs(20))
             .keep_alive_timeout(Duration::from_secs(10))
             .handshake(TokioIo::new(tls))
@@ -107,7 +121,10 @@ impl HostConnections {
                 tracing::debug!(host = %addr, %error, "gateway: host connection ended");
             }
         });
-        self.lock().insert(target.clone(), sender.clone());
+        let mut shared = self.lock();
+        // Connections to hosts that went away are not kept.
+        shared.retain(|_, sender| !sender.is_closed());
+        shared.insert(target.clone(), sender.clone());
         Ok(sender)
     }
 
@@ -117,18 +134,19 @@ impl HostConnections {
         self.shared.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Sends `request` (its URI `/sessions/<id>/proxy/<port>/…`) to the host.
-    /// `authority` is the session hostname the browser used: the app sees it.
+    /// Sends the browser's `request` on to its destination.
     pub async fn send(
         &self,
-        target: &HostTarget,
-        authority: &str,
+        to: Destination<'_>,
         mut request: Request<Incoming>,
-        upstream_path: &str,
-        grant: &str,
         traffic: Traffic,
-        upgrades: &Counter,
     ) -> Result<Response<StreamingBody>, ApiError> {
+        let Destination {
+            host: target,
+            authority,
+            path: upstream_path,
+            grant,
+        } = to;
         let upgrade = requested_upgrade(request.headers());
         let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut request));
         let (parts, body) = request.into_parts();
@@ -142,9 +160,12 @@ impl HostConnections {
         );
         let host_header = HeaderValue::from_str(authority)
             .map_err(|_| ApiError::bad_request("the Host header cannot be forwarded"))?;
-        let body = Counted::new(body, traffic.up.clone())
-            .map_err(BoxError::from)
-            .boxed_unsync();
+        let up = traffic.up.clone();
+        let body = Observed::new(body, move |n| {
+            up.inc_by(n as u64);
+        })
+        .map_err(BoxError::from)
+        .boxed_unsync();
 
         let response = if let (Some(upgrade), Some(client_upgrade)) = (upgrade, client_upgrade) {
             headers.insert(header::HOST, host_header);
@@ -165,9 +186,19 @@ impl HostConnections {
             });
             let mut response = answer(target, sender.send_request(upstream)).await?;
             if response.status() == StatusCode::SWITCHING_PROTOCOLS {
-                upgrades.inc();
+                traffic.upgrades.inc();
                 let host_upgrade = hyper::upgrade::on(&mut response);
-                tokio::spawn(tunnel(client_upgrade, host_upgrade, traffic));
+                let Traffic { up, down, .. } = traffic;
+                tokio::spawn(tunnel(
+                    client_upgrade,
+                    host_upgrade,
+                    move |n| {
+                        up.inc_by(n as u64);
+                    },
+                    move |n| {
+                        down.inc_by(n as u64);
+                    },
+                ));
                 let (parts, _) = response.into_parts();
                 return Ok(Response::from_parts(
                     parts,
@@ -204,9 +235,11 @@ impl HostConnections {
         strip_hop_by_hop(&mut parts.headers);
         Ok(Response::from_parts(
             parts,
-            Counted::new(body, traffic.down)
-                .map_err(BoxError::from)
-                .boxed_unsync(),
+            Observed::new(body, move |n| {
+                traffic.down.inc_by(n as u64);
+            })
+            .map_err(BoxError::from)
+            .boxed_unsync(),
         ))
     }
 }
@@ -219,122 +252,4 @@ async fn answer(
         .await
         .map_err(|_| unreachable(target, "no answer in time"))?
         .map_err(|e| unreachable(target, e))
-}
-
-/// The Upgrade header when the client asks for one (`Connection: upgrade`).
-fn requested_upgrade(headers: &HeaderMap) -> Option<HeaderValue> {
-    let asks = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
-    asks.then(|| headers.get(header::UPGRADE).cloned())
-        .flatten()
-}
-
-/// Hop-by-hop headers (RFC 9110 §7.6.1) and those the Connection header names.
-fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-        .collect();
-    for name in named {
-        headers.remove(name);
-    }
-    for name in [
-        header::CONNECTION,
-        HeaderName::from_static("keep-alive"),
-        HeaderName::from_static("proxy-connection"),
-        header::PROXY_AUTHENTICATE,
-        header::PROXY_AUTHORIZATION,
-        header::TE,
-        header::TRAILER,
-        header::TRANSFER_ENCODING,
-        header::UPGRADE,
-    ] {
-        headers.remove(name);
-    }
-}
-
-/// Copies bytes both ways between the upgraded browser and host connections.
-async fn tunnel(
-    client: hyper::upgrade::OnUpgrade,
-    host: hyper::upgrade::OnUpgrade,
-    traffic: Traffic,
-) {
-    let (client, host) = match tokio::try_join!(client, host) {
-        Ok(pair) => pair,
-        Err(error) => {
-            tracing::debug!(%error, "gateway: upgrade failed");
-            return;
-        }
-    };
-    let (client_read, client_write) = tokio::io::split(TokioIo::new(client));
-    let (host_read, host_write) = tokio::io::split(TokioIo::new(host));
-    tokio::join!(
-        pump(client_read, host_write, &traffic.up),
-        pump(host_read, client_write, &traffic.down)
-    );
-}
-
-async fn pump(mut from: impl AsyncRead + Unpin, mut to: impl AsyncWrite + Unpin, bytes: &Counter) {
-    let mut buffer = vec![0u8; 16 * 1024];
-    loop {
-        match from.read(&mut buffer).await {
-            Ok(0) | Err(_) => break,
-            Ok(n) => {
-                bytes.inc_by(n as u64);
-                if to.write_all(&buffer[..n]).await.is_err() {
-                    break;
-                }
-            }
-        }
-    }
-    let _ = to.shutdown().await;
-}
-
-/// A body that counts the bytes passing through it.
-struct Counted<B> {
-    inner: B,
-    bytes: Counter,
-}
-
-impl<B> Counted<B> {
-    fn new(inner: B, bytes: Counter) -> Self {
-        Self { inner, bytes }
-    }
-}
-
-impl<B> hyper::body::Body for Counted<B>
-where
-    B: hyper::body::Body<Data = Bytes> + Unpin,
-{
-    type Data = Bytes;
-    type Error = B::Error;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
-        let this = self.get_mut();
-        let polled = Pin::new(&mut this.inner).poll_frame(cx);
-        if let Poll::Ready(Some(Ok(frame))) = &polled {
-            if let Some(data) = frame.data_ref() {
-                this.bytes.inc_by(data.len() as u64);
-            }
-        }
-        polled
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
 }

@@ -35,7 +35,7 @@ use crate::keys::ControlKeys;
 use crate::metrics::Metrics;
 use crate::scaler::Scaler;
 use address::Address;
-use forward::{HostConnections, Traffic};
+use forward::{Destination, HostConnections, Traffic};
 use login::CookieRefused;
 use route::{Route, Routes};
 
@@ -235,19 +235,15 @@ async fn serve(
     let traffic = Traffic {
         up: bytes_counter(&scaler.metrics, "up"),
         down: bytes_counter(&scaler.metrics, "down"),
+        upgrades: scaler.metrics.gateway_upgrades.clone(),
     };
-    let sent = gateway
-        .hosts
-        .send(
-            target,
-            &address.authority,
-            req,
-            &upstream_path,
-            &grant,
-            traffic,
-            &scaler.metrics.gateway_upgrades,
-        )
-        .await;
+    let destination = Destination {
+        host: target,
+        authority: &address.authority,
+        path: &upstream_path,
+        grant: &grant,
+    };
+    let sent = gateway.hosts.send(destination, req, traffic).await;
     if sent.is_err() {
         // The host may have moved or gone: look again next time.
         gateway.routes.forget(address.session);
@@ -267,21 +263,30 @@ fn bytes_counter(
 
 /// Whether the browser says the request comes from a page of another origin
 /// (another session included): `Origin` on CORS requests, POSTs and
-/// WebSockets, `Sec-Fetch-Site` on everything but top-level navigations.
+/// WebSockets; `Sec-Fetch-Site` on everything else. Sibling sessions are the
+/// same *site*, so SameSite=Strict alone would let their pages send this
+/// session's cookie. Top-level navigations (a link to the session) pass;
+/// being framed by another origin does not (clickjacking).
 fn from_another_origin(headers: &http::HeaderMap, address: &Address) -> bool {
     if let Some(origin) = headers.get(header::ORIGIN) {
         if origin.as_bytes() != address.origin().as_bytes() {
             return true;
         }
     }
-    let site = headers
-        .get("sec-fetch-site")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("same-origin");
-    let navigates = headers
-        .get("sec-fetch-mode")
-        .is_some_and(|v| v.as_bytes() == b"navigate");
-    !navigates && matches!(site, "same-site" | "cross-site")
+    let fetch = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_owned()
+    };
+    let other_site = matches!(fetch("sec-fetch-site").as_str(), "same-site" | "cross-site");
+    let top_level = fetch("sec-fetch-mode") == "navigate"
+        && !matches!(
+            fetch("sec-fetch-dest").as_str(),
+            "iframe" | "frame" | "embed" | "object" | "fencedframe"
+        );
+    other_site && !top_level
 }
 
 async fn log_in(
@@ -411,4 +416,58 @@ pub async fn serve_tls(scaler: Arc<Scaler>, listener: TcpListener, tls: Arc<rust
         handle(scaler.clone(), req, Listener::Tls)
     })
     .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &str)]) -> http::HeaderMap {
+        let mut map = http::HeaderMap::new();
+        for (name, value) in pairs {
+            map.insert(*name, value.parse().unwrap());
+        }
+        map
+    }
+
+    #[test]
+    fn only_the_sessions_own_pages_and_top_level_navigations_pass() {
+        let id = berth_common::SessionId(uuid::Uuid::new_v4());
+        let a = address::parse(&format!("{id}.gw.test:8443"), "gw.test").unwrap();
+        let own = format!("https://{id}.gw.test:8443");
+        let passes = |pairs: &[(&'static str, &str)]| !from_another_origin(&headers(pairs), &a);
+        assert!(passes(&[]), "a client that is not a browser");
+        assert!(passes(&[("origin", &own)]));
+        assert!(passes(&[
+            ("sec-fetch-site", "same-origin"),
+            ("sec-fetch-mode", "cors")
+        ]));
+        assert!(passes(&[
+            ("sec-fetch-site", "none"),
+            ("sec-fetch-mode", "navigate")
+        ]));
+        assert!(
+            passes(&[
+                ("sec-fetch-site", "cross-site"),
+                ("sec-fetch-mode", "navigate"),
+                ("sec-fetch-dest", "document")
+            ]),
+            "a link from the client app"
+        );
+        let sibling = "https://0b5a3f2e-61c4-4e0e-9d4b-7f1f5c1f2a10.gw.test:8443";
+        assert!(!passes(&[("origin", sibling)]), "another session's page");
+        assert!(!passes(&[("origin", "null")]));
+        assert!(!passes(&[
+            ("sec-fetch-site", "same-site"),
+            ("sec-fetch-mode", "no-cors")
+        ]));
+        assert!(
+            !passes(&[
+                ("sec-fetch-site", "same-site"),
+                ("sec-fetch-mode", "navigate"),
+                ("sec-fetch-dest", "iframe")
+            ]),
+            "framed by another session"
+        );
+    }
 }

@@ -133,3 +133,82 @@ impl ResolvesServerCert for ReloadingCert {
         )
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use berth_testing::tls_ca::TestCa;
+
+    fn leaf_der(pair: &CertifiedKey) -> Vec<u8> {
+        pair.cert[0].as_ref().to_vec()
+    }
+
+    #[test]
+    fn a_renewed_certificate_is_served_without_a_restart_and_a_broken_one_is_not() {
+        let dir = std::env::temp_dir().join(format!("berth-gw-tls-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let ca = TestCa::new("reload test CA").unwrap();
+        let first = ca
+            .issue(&["*.gw.test"])
+            .unwrap()
+            .write_to(&dir, "gw")
+            .unwrap();
+        let cert = ReloadingCert::load(&first.cert, &first.key).unwrap();
+        let served = || leaf_der(&cert.current.read().unwrap());
+        let before = served();
+        cert.reload_if_changed();
+        assert_eq!(served(), before, "unchanged files are not read again");
+
+        // A renewal writes new files (their mtimes set apart explicitly).
+        ca.issue(&["*.gw.test"])
+            .unwrap()
+            .write_to(&dir, "gw")
+            .unwrap();
+        let stamp = SystemTime::now() + Duration::from_secs(1);
+        for path in [&first.cert, &first.key] {
+            std::fs::File::options()
+                .write(true)
+                .open(path)
+                .unwrap()
+                .set_modified(stamp)
+                .unwrap();
+        }
+        cert.reload_if_changed();
+        let renewed = served();
+        assert_ne!(renewed, before, "the renewed certificate is served");
+
+        // Half-written files keep the last good pair in use.
+        std::fs::write(&first.cert, "-----BEGIN CERTIFICATE-----\ntruncated").unwrap();
+        let stamp = stamp + Duration::from_secs(1);
+        std::fs::File::options()
+            .write(true)
+            .open(&first.cert)
+            .unwrap()
+            .set_modified(stamp)
+            .unwrap();
+        cert.reload_if_changed();
+        assert_eq!(served(), renewed);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn missing_or_keyless_files_are_refused_at_start() {
+        let dir = std::env::temp_dir().join(format!("berth-gw-tls-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let files = TestCa::new("ca")
+            .unwrap()
+            .issue(&["*.gw.test"])
+            .unwrap()
+            .write_to(&dir, "gw")
+            .unwrap();
+        assert!(matches!(
+            ReloadingCert::load(&dir.join("absent"), &files.key),
+            Err(CertError::Read { .. })
+        ));
+        assert!(matches!(
+            ReloadingCert::load(&files.cert, &files.cert),
+            Err(CertError::NoKey(_))
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

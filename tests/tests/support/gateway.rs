@@ -27,6 +27,11 @@ pub struct GatewaySystem {
 impl GatewaySystem {
     /// Two local hosts of two slots, all warm.
     pub async fn start() -> Self {
+        Self::start_with(&[]).await
+    }
+
+    /// With these scaling-service flags too.
+    pub async fn start_with(extra: &[&str]) -> Self {
         let ca = TestCa::new("berth gateway test CA").unwrap();
         let certs = std::env::temp_dir().join(format!("berth-gw-{}", uuid::Uuid::new_v4()));
         std::fs::create_dir_all(&certs).unwrap();
@@ -43,23 +48,18 @@ impl GatewaySystem {
             files.cert.display().to_string(),
             files.key.display().to_string(),
         );
-        let system = System::start_with_ports(
-            4,
-            2,
-            None,
-            &ports,
-            &[
-                "--gateway-domain",
-                DOMAIN,
-                "--gateway-tls-cert",
-                &cert,
-                "--gateway-tls-key",
-                &key,
-                "--gateway-addr",
-                "127.0.0.1:0",
-            ],
-        )
-        .await;
+        let mut flags = vec![
+            "--gateway-domain",
+            DOMAIN,
+            "--gateway-tls-cert",
+            &cert,
+            "--gateway-tls-key",
+            &key,
+            "--gateway-addr",
+            "127.0.0.1:0",
+        ];
+        flags.extend_from_slice(extra);
+        let system = System::start_with_ports(4, 2, None, &ports, &flags).await;
         let addr = system
             .service
             .as_ref()
@@ -82,6 +82,11 @@ impl GatewaySystem {
     /// A client that trusts only the test CA and resolves these labels'
     /// names to the gateway; it keeps no cookies and follows no redirects.
     pub fn client(&self, labels: &[&str]) -> reqwest::Client {
+        self.client_via(labels, self.addr)
+    }
+
+    /// A client that reaches these labels' names at `gateway` (a replica).
+    pub fn client_via(&self, labels: &[&str], gateway: SocketAddr) -> reqwest::Client {
         let mut builder = reqwest::Client::builder()
             .use_rustls_tls()
             .tls_built_in_root_certs(false)
@@ -90,9 +95,9 @@ impl GatewaySystem {
             )
             .redirect(reqwest::redirect::Policy::none())
             .no_proxy()
-            .timeout(Duration::from_secs(120));
+            .timeout(Duration::from_secs(300));
         for label in labels {
-            builder = builder.resolve(&format!("{label}.{DOMAIN}"), self.addr);
+            builder = builder.resolve(&format!("{label}.{DOMAIN}"), gateway);
         }
         builder.build().unwrap()
     }
@@ -130,6 +135,38 @@ impl GatewaySystem {
             .unwrap();
         assert_eq!(login.status(), 200, "login at {label}");
         cookie_pair(&login)
+    }
+
+    /// Another control-plane replica as its own process (`binary`), serving
+    /// the gateway on its own port; killed when dropped.
+    pub async fn replica(
+        &self,
+        binary: &std::path::Path,
+    ) -> (berth_testing::KillOnDrop, SocketAddr) {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .unwrap()
+            .port();
+        let mut argv = self.system.argv[1..].to_vec();
+        let at = argv.iter().position(|a| a == "--port").unwrap() + 1;
+        argv[at] = "0".into();
+        let at = argv.iter().position(|a| a == "--gateway-addr").unwrap() + 1;
+        argv[at] = format!("127.0.0.1:{port}");
+        let child = std::process::Command::new(binary)
+            .args(&argv)
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("starting a gateway replica");
+        let replica = berth_testing::KillOnDrop(child);
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        berth_testing::eventually(
+            "the replica's gateway to listen",
+            Duration::from_secs(30),
+            || async { tokio::net::TcpStream::connect(addr).await.is_ok() },
+        )
+        .await;
+        (replica, addr)
     }
 
     /// The client config a WebSocket needs over the gateway's TLS.
