@@ -113,6 +113,17 @@ pub struct Running {
     pub init_sealed: Option<String>,
 }
 
+/// `POST /v1/host/sessions/{id}/warning`: an end announced to a RUNNING
+/// session (idle or lifetime), or withdrawn (`ends_at` null: activity
+/// cancelled an idle end). Its owner sees it on `GET /sessions/<id>`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EndNotice {
+    pub ends_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// `IDLE` or `LIFETIME`.
+    pub reason: Option<String>,
+    pub message: Option<String>,
+}
+
 /// `GET /v1/host/sessions/{id}/init`.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SealedInit {
@@ -169,6 +180,12 @@ pub struct RuntimeRow {
     pub readiness: serde_json::Value,
     pub ready_timeout_s: i32,
     pub idle_timeout_s: Option<i32>,
+    /// A session ends this long after it started RUNNING (`None`: never).
+    #[serde(default)]
+    pub max_lifetime_s: Option<i32>,
+    /// How long before an idle or lifetime end the session is warned.
+    #[serde(default)]
+    pub idle_warning_s: Option<i32>,
     pub init: Option<serde_json::Value>,
     pub user_volume: Option<serde_json::Value>,
     pub egress: String,

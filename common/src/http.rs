@@ -205,6 +205,36 @@ pub fn strip_hop_by_hop(headers: &mut http::HeaderMap) {
     }
 }
 
+/// The value of cookie `name` in a request's Cookie headers.
+pub fn find_cookie<'a>(headers: &'a http::HeaderMap, name: &str) -> Option<&'a str> {
+    cookie_pairs(headers)
+        .find(|(n, _)| *n == name)
+        .map(|(_, value)| value)
+}
+
+/// Removes cookie `name` (and only it) before a request goes on to an app.
+pub fn remove_cookie(headers: &mut http::HeaderMap, name: &str) {
+    let kept: Vec<String> = cookie_pairs(headers)
+        .filter(|(n, _)| *n != name)
+        .map(|(n, value)| format!("{n}={value}"))
+        .collect();
+    headers.remove(header::COOKIE);
+    if !kept.is_empty() {
+        if let Ok(value) = http::HeaderValue::from_str(&kept.join("; ")) {
+            headers.insert(header::COOKIE, value);
+        }
+    }
+}
+
+fn cookie_pairs(headers: &http::HeaderMap) -> impl Iterator<Item = (&str, &str)> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+}
+
 /// How a listener keeps clients that connect and say nothing, or too many
 /// clients at once, from using it up.
 #[derive(Clone, Copy, Debug)]

@@ -154,6 +154,7 @@ macro_rules! pg_enum {
     (@upper Ended) => { "ENDED" };
     (@upper Unreachable) => { "UNREACHABLE" };
     (@upper HostLost) => { "HOST_LOST" };
+    (@upper Lifetime) => { "LIFETIME" };
 }
 
 pg_enum!(
@@ -178,10 +179,10 @@ pg_enum!(
 pg_enum!(
     /// How a user's session ended: idle too long (REAPED), asked to end by its
     /// owner (DELETED), broken (FAILED), its host gone (HOST_LOST: the instance
-    /// terminated, or unreachable past its grace), or otherwise over (ENDED: the
-    /// app exited, the host drained).
+    /// terminated, or unreachable past its grace), its runtime's lifetime over
+    /// (LIFETIME), or otherwise over (ENDED: the app exited, the host drained).
     SessionOutcome, "session_outcome",
-    [Reaped, Deleted, Failed, Ended, HostLost]
+    [Reaped, Deleted, Failed, Ended, HostLost, Lifetime]
 );
 pg_enum!(LaunchState, "launch_state", [Pending, Launched, Failed]);
 pg_enum!(

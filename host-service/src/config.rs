@@ -254,6 +254,10 @@ impl Config {
     pub fn logs_dir(&self) -> PathBuf {
         self.state_dir.join("logs")
     }
+    /// What each session's app may read about itself (`session::facts`).
+    pub fn facts_dir(&self) -> PathBuf {
+        self.state_dir.join("facts")
+    }
     pub fn volumes_dir(&self) -> PathBuf {
         self.state_dir.join("volumes")
     }

@@ -22,7 +22,7 @@ use crate::registry::{self, Endpoint};
 use crate::resources::volumes::UserData;
 use crate::runtime::RuntimeSpec;
 use crate::{
-    api, container_events, drain, heartbeat, idle, isolation, reconcile, resources, warm_pool,
+    api, container_events, deadlines, drain, heartbeat, isolation, reconcile, resources, warm_pool,
     watch, Error,
 };
 
@@ -127,6 +127,7 @@ async fn boot(
     let host = Arc::new(Host::new(
         config,
         me.host_id.clone(),
+        me.region.clone(),
         control,
         docker,
         runtime,
@@ -142,7 +143,7 @@ async fn boot(
     host.tasks.spawn(container_events::run(host.clone()));
     host.tasks.spawn(heartbeat::run(host.clone()));
     host.tasks.spawn(heartbeat::watchdog(host.clone()));
-    host.tasks.spawn(idle::run(host.clone()));
+    host.tasks.spawn(deadlines::run(host.clone()));
     if registration.draining {
         drain::start(&host);
     } else {

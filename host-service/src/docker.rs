@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use berth_common::{HostId, SessionId};
@@ -71,6 +71,8 @@ pub struct ContainerSpec<'a> {
     pub session_dir: &'a Path,
     pub sockets_dir: &'a Path,
     pub logs_dir: &'a Path,
+    /// Host files mounted read-only at container paths (the session's facts).
+    pub read_only_files: &'a [(PathBuf, &'static str)],
     /// The empty mount point the user's data is mounted on once known.
     pub volume_dir: &'a Path,
     pub publish_ip: IpAddr,
@@ -339,6 +341,11 @@ fn container_body(spec: &ContainerSpec<'_>) -> ContainerCreateBody {
         format!("{}:{SOCKETS_DIR_IN_CONTAINER}", spec.sockets_dir.display()),
         format!("{}:{LOGS_DIR_IN_CONTAINER}", spec.logs_dir.display()),
     ];
+    binds.extend(
+        spec.read_only_files
+            .iter()
+            .map(|(host, container)| format!("{}:{container}:ro", host.display())),
+    );
     if let Some(volume) = &rt.user_volume {
         // rslave: the user's directory, mounted on the host when the session
         // is finished for its user, shows up in the running container.

@@ -32,6 +32,7 @@ pub struct Resources {
 pub struct Host {
     pub config: Config,
     pub id: HostId,
+    pub region: String,
     /// The host API: everything the fleet's state says about this host.
     pub control: Arc<ControlPlane>,
     pub docker: DockerEngine,
@@ -67,6 +68,7 @@ impl Host {
     pub fn new(
         config: Config,
         id: HostId,
+        region: String,
         control: Arc<ControlPlane>,
         docker: DockerEngine,
         runtime: RuntimeSpec,
@@ -83,6 +85,7 @@ impl Host {
         Self {
             config,
             id,
+            region,
             control,
             docker,
             runtime: RwLock::new(Arc::new(runtime)),

@@ -139,6 +139,16 @@ async fn adopt(
         None,
         phase,
     );
+    // The lifetime it was given when it was finished, kept by this daemon.
+    let facts_dir = session.paths.facts.clone();
+    let facts =
+        tokio::task::spawn_blocking(move || crate::session::facts::read_session(&facts_dir))
+            .await
+            .ok()
+            .flatten();
+    if let Some(facts) = facts {
+        session.set_lifetime_ends_at(facts.deadlines.lifetime_ends_at);
+    }
     let session = Arc::new(session);
     host.insert_session(session.clone());
     if connecting {

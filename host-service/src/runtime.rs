@@ -85,6 +85,10 @@ pub struct RuntimeSpec {
     pub readiness: Readiness,
     pub ready_timeout: Duration,
     pub idle_timeout: Option<Duration>,
+    /// A session ends this long after it started RUNNING.
+    pub max_lifetime: Option<Duration>,
+    /// How long before an idle or lifetime end the session is warned.
+    pub end_warning: Option<Duration>,
     pub init: Option<InitCall>,
     pub user_volume: Option<UserVolume>,
     pub egress: Egress,
@@ -199,6 +203,12 @@ impl RuntimeSpec {
             idle_timeout: row
                 .idle_timeout_s
                 .map(|s| Duration::from_secs(s.max(1) as u64)),
+            max_lifetime: row
+                .max_lifetime_s
+                .map(|s| Duration::from_secs(s.max(1) as u64)),
+            end_warning: row
+                .idle_warning_s
+                .map(|s| Duration::from_secs(s.max(1) as u64)),
             init,
             user_volume,
             egress,
@@ -278,6 +288,8 @@ mod tests {
             readiness,
             ready_timeout_s: 20,
             idle_timeout_s: None,
+            max_lifetime_s: None,
+            idle_warning_s: None,
             init: None,
             user_volume: None,
             egress: "open".into(),

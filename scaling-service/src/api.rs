@@ -234,7 +234,7 @@ fn session_id(id: &str) -> Result<Uuid, ApiError> {
         .map_err(|_| ApiError::new(StatusCode::NOT_FOUND, "NOT_FOUND", "no such session"))
 }
 
-const SESSION_SELECT: &str = "SELECT s.id, s.status::text AS status, s.status_reason, s.runtime, s.ports, s.created_at, s.ready_at, \
+const SESSION_SELECT: &str = "SELECT s.id, s.status::text AS status, s.status_reason, s.runtime, s.ports, s.created_at, s.ready_at, s.ends_at, s.end_warning, \
      h.id AS host_id, host(h.public_ip) AS ip, h.api_port, h.cert_sha256, h.status::text AS host_status, h.unreachable_since \
      FROM sessions s JOIN hosts h ON h.id = s.host_id";
 
@@ -247,6 +247,8 @@ struct SessionRow {
     ports: serde_json::Value,
     created_at: chrono::DateTime<chrono::Utc>,
     ready_at: Option<chrono::DateTime<chrono::Utc>>,
+    ends_at: Option<chrono::DateTime<chrono::Utc>>,
+    end_warning: Option<String>,
     host_status: String,
     unreachable_since: Option<chrono::DateTime<chrono::Utc>>,
     host_id: String,
@@ -267,6 +269,7 @@ fn session_json(s: &SessionRow) -> serde_json::Value {
     };
     json!({"session_id": s.id, "status": s.status, "status_reason": status_reason, "runtime": s.runtime, "ports": s.ports,
            "created_at": s.created_at, "ready_at": s.ready_at,
+           "ends_at": s.ends_at, "end_warning": s.end_warning,
            "host": {"id": s.host_id, "ip": s.ip, "api_port": s.api_port, "cert_sha256": s.cert_sha256,
                     "status": s.host_status, "unreachable_since": s.unreachable_since}})
 }
@@ -483,6 +486,7 @@ struct RegionSummary {
     enabled: bool,
     target_free_slots: i32,
     max_hosts: i32,
+    purchase: String,
     hosts: i64,
     free_slots: i64,
     unreachable_hosts: i64,
@@ -492,7 +496,7 @@ struct RegionSummary {
 async fn regions(scaler: &Scaler, req: &Request<Incoming>) -> Result<HttpResponse, ApiError> {
     scaler.config.common.operator().check(req)?;
     let rows: Vec<RegionSummary> = sqlx::query_as(
-        "SELECT r.name, r.enabled, r.target_free_slots, r.max_hosts, \
+        "SELECT r.name, r.enabled, r.target_free_slots, r.max_hosts, r.purchase, \
                 count(h.id) FILTER (WHERE h.status NOT IN ('TERMINATING', 'TERMINATED')) AS hosts, \
                 coalesce(sum(h.free_slots) FILTER (WHERE h.status = 'ACTIVE'), 0) AS free_slots, \
                 count(h.id) FILTER (WHERE h.status = 'UNREACHABLE') AS unreachable_hosts, \
@@ -509,7 +513,7 @@ async fn regions(scaler: &Scaler, req: &Request<Incoming>) -> Result<HttpRespons
             // Free slots are capacity; warm sessions are what an assign can take now.
             let silence = scaler.silence(&r.name).unwrap_or_default();
             json!({"name": r.name, "enabled": r.enabled, "target_free_slots": r.target_free_slots,
-                   "max_hosts": r.max_hosts, "hosts": r.hosts, "free_slots": r.free_slots,
+                   "max_hosts": r.max_hosts, "purchase": r.purchase, "hosts": r.hosts, "free_slots": r.free_slots,
                    "warm_sessions": r.warm_sessions, "unreachable_hosts": r.unreachable_hosts,
                    "liveness": {"silent_hosts": silence.silent_hosts, "mass_silence_suspected": silence.mass_silence_suspected}})
         })

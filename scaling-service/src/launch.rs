@@ -97,8 +97,9 @@ async fn call_provider(
         subnets: region.subnets(),
         security_groups: region.security_groups(),
         iam_instance_profile: region.iam_instance_profile.clone(),
+        purchase: region.purchase,
     };
-    tracing::info!(region = region.name, %launch_id, count, image_id, "launching hosts");
+    tracing::info!(region = region.name, %launch_id, count, image_id, purchase = region.purchase.as_str(), "launching hosts");
     match scaler.provider.launch(&request).await {
         Ok(instances) => {
             crate::faults::point("launch.after_run");

@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 
 use crate::policy::{HostView, InFlight, RegionView};
-use crate::provider::Selector;
+use crate::provider::{Purchase, Selector};
 
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct RegionRow {
@@ -21,6 +21,8 @@ pub struct RegionRow {
     pub security_group_selectors: serde_json::Value,
     pub iam_instance_profile: Option<String>,
     pub scale_down_grace_s: i32,
+    #[sqlx(try_from = "String")]
+    pub purchase: Purchase,
 }
 
 impl RegionRow {
@@ -45,7 +47,8 @@ pub enum StateError {
 pub async fn region(db: &PgPool, name: &str) -> Result<Option<RegionRow>, DbError> {
     sqlx::query_as(
         "SELECT name, enabled, target_free_slots, max_hosts, instance_types, subnet_selectors, \
-                security_group_selectors, iam_instance_profile, scale_down_grace_s FROM regions WHERE name = $1",
+                security_group_selectors, iam_instance_profile, scale_down_grace_s, \
+                purchase FROM regions WHERE name = $1",
     )
     .bind(name)
     .fetch_optional(db)

@@ -248,6 +248,7 @@ async fn an_instance_unknown_to_the_database_is_terminated_by_the_sweep() {
         subnets: vec![],
         security_groups: vec![],
         iam_instance_profile: None,
+        purchase: Default::default(),
     };
     let stray = aws.launch(&request).await.unwrap().remove(0);
     // And a row whose instance no longer exists.

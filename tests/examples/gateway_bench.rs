@@ -6,6 +6,7 @@
 //!    host's proxy (pinned HTTPS, session token), and through the gateway
 //!    (trusted HTTPS, login cookie → pinned HTTPS with a grant → host proxy);
 //!  * streaming throughput of one large download along the same three paths.
+//!
 //! Each path is warmed up first and measured over kept-alive connections;
 //! the driver is a release build, so client-side TLS costs what it would.
 

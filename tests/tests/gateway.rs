@@ -304,15 +304,7 @@ async fn each_session_is_its_own_origin_reached_only_with_its_own_login() {
     assert_eq!(good.status(), 200);
 
     // The gateway counts what it did and refused.
-    let metrics = reqwest::Client::new()
-        .get(format!("{}/metrics", gw.system.url))
-        .bearer_auth(berth_testing::OPERATOR_TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = gw.metrics().await;
     for line in [
         "berth_scaler_gateway_refusals_total{reason=\"COOKIE_NOT_FOR_THIS_SESSION\"} 2",
         "berth_scaler_gateway_refusals_total{reason=\"UNKNOWN_SESSION\"} 1",

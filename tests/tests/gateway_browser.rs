@@ -375,18 +375,8 @@ async fn wait_for_settled_addresses() {
 /// `berth_scaler_gateway_refusals_total{reason="CROSS_ORIGIN"}` on the
 /// scaler's metrics (absent: none yet).
 async fn cross_origin_refusals(gw: &GatewaySystem) -> u64 {
-    let metrics = reqwest::Client::new()
-        .get(format!("{}/metrics", gw.system.url))
-        .bearer_auth(berth_testing::OPERATOR_TOKEN)
-        .send()
+    gw.metrics()
         .await
-        .unwrap()
-        .error_for_status()
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    metrics
         .lines()
         .find_map(|line| {
             line.strip_prefix("berth_scaler_gateway_refusals_total{reason=\"CROSS_ORIGIN\"} ")

@@ -196,7 +196,14 @@ async fn session_status(
     let status = session.phase().name();
     let mut body = json!({"session_id": session.id, "status": status, "ports": session.ports, "tty": session.tty,
                 "runtime": session.runtime.name, "connections": session.activity.connections(),
-                "idle_s": session.activity.idle_for(&session.paths.session).as_secs()});
+                "idle_s": session.activity.idle_for(&session.paths.session).as_secs(),
+                "lifetime_ends_at": session.lifetime_ends_at()});
+    // An end announced ahead (idle or lifetime), as the app sees it.
+    if let Some(warning) = session.warning() {
+        body["ends_at"] = json!(warning.ends_at);
+        body["end_reason"] = json!(warning.reason);
+        body["end_message"] = json!(warning.message);
+    }
     if session.runtime.init.is_some() {
         body["init"] = init_answer(host, &session, &bearer(req)?).await?;
     }

@@ -15,7 +15,7 @@ use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use berth_common::auth::new_session_token;
 use berth_common::host_api::{
-    ClaimRequest, DeathNotice, DrainRequest, DrainResponse, Dying, Heartbeat, HostState,
+    ClaimRequest, DeathNotice, DrainRequest, DrainResponse, Dying, EndNotice, Heartbeat, HostState,
     RegisterRequest, RegisterResponse, Running, RuntimeRow, SealedInit, SessionIds, SessionState,
     WarmSession, PREFIX,
 };
@@ -542,6 +542,24 @@ impl ControlPlane {
                 &path,
                 Some(dying),
                 "marking a session DYING",
+            )
+            .await
+        {
+            Ok(_) | Err(ControlError::Refused { status: 404, .. }) => Ok(()),
+            Err(error) => Err(error),
+        }
+    }
+
+    /// Announces (or withdraws) a RUNNING session's coming end to its owner
+    /// (a session no longer running is fine).
+    pub async fn warn_end(&self, id: SessionId, notice: &EndNotice) -> Result<(), ControlError> {
+        let path = format!("/sessions/{id}/warning");
+        match self
+            .call::<_, serde_json::Value>(
+                Method::POST,
+                &path,
+                Some(notice),
+                "announcing a session's end",
             )
             .await
         {

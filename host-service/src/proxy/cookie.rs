@@ -12,7 +12,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use berth_common::atomic_file::write_atomically;
 use berth_common::SessionId;
-use http::{header, HeaderMap, HeaderValue};
+use http::HeaderMap;
 use ring::hmac;
 use ring::rand::{SecureRandom, SystemRandom};
 
@@ -101,38 +101,18 @@ pub fn set_cookie(id: SessionId, value: &str, lifetime: Duration) -> String {
 
 /// Our cookie's value in the request's Cookie headers.
 pub fn find(headers: &HeaderMap) -> Option<String> {
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(name, _)| *name == COOKIE_NAME)
-        .map(|(_, value)| value.to_owned())
+    berth_common::http::find_cookie(headers, COOKIE_NAME).map(str::to_owned)
 }
 
 /// Removes our cookie (and only ours) before a request goes to the app.
 pub fn strip(headers: &mut HeaderMap) {
-    let kept: Vec<String> = headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .map(str::trim)
-        .filter(|pair| !pair.is_empty() && pair.split('=').next() != Some(COOKIE_NAME))
-        .map(str::to_owned)
-        .collect();
-    headers.remove(header::COOKIE);
-    if !kept.is_empty() {
-        if let Ok(value) = HeaderValue::from_str(&kept.join("; ")) {
-            headers.insert(header::COOKIE, value);
-        }
-    }
+    berth_common::http::remove_cookie(headers, COOKIE_NAME)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::header;
 
     fn id() -> SessionId {
         SessionId(uuid::Uuid::new_v4())

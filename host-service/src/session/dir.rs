@@ -25,6 +25,8 @@ pub struct SessionPaths {
     pub sockets: PathBuf,
     pub logs: PathBuf,
     pub volume: PathBuf,
+    /// `facts/<id>`: session.json and warning.json, the daemon's to write.
+    pub facts: PathBuf,
     storage_mib: u32,
 }
 
@@ -38,6 +40,7 @@ impl SessionPaths {
             sockets: config.sockets_dir().join(&name),
             logs: config.logs_dir().join(&name),
             volume: config.volumes_dir().join(&name),
+            facts: config.facts_dir().join(&name),
             storage_mib: config.session_storage_mib,
         }
     }
@@ -70,6 +73,7 @@ impl SessionPaths {
             }
             fs::set_permissions(dir, fs::Permissions::from_mode(0o755))?;
         }
+        super::facts::prepare(&self.facts)?;
         fs::create_dir_all(self.volume.parent().unwrap_or(&self.volume))?;
         volumes::create_mount_point(&self.volume)
     }
@@ -82,13 +86,22 @@ impl SessionPaths {
         for dir in [&self.session, &self.sockets, &self.logs] {
             remove_capped_dir(dir)?;
         }
-        Ok(())
+        match fs::remove_dir_all(&self.facts) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
     }
 
     pub fn exist(&self) -> bool {
-        [&self.session, &self.sockets, &self.logs, &self.volume]
-            .iter()
-            .any(|d| d.exists())
+        [
+            &self.session,
+            &self.sockets,
+            &self.logs,
+            &self.volume,
+            &self.facts,
+        ]
+        .iter()
+        .any(|d| d.exists())
     }
 }
 

@@ -12,7 +12,7 @@ use berth_common::host_api::SessionState;
 use berth_common::{SessionId, SessionStatus};
 
 use super::teardown::{spawn_teardown, teardown, Ending};
-use super::{Owner, Phase, Session};
+use super::{facts, Owner, Phase, Session};
 use crate::control::ControlError;
 use crate::host::Host;
 use crate::readiness::wait_ready;
@@ -219,9 +219,17 @@ async fn finish(
         )));
     }
     let path = session.paths.config_json();
+    let facts = session_facts(&host, &session);
+    session.set_lifetime_ends_at(facts.deadlines.lifetime_ends_at);
+    let facts_dir = session.paths.facts.clone();
     // Off the runtime's threads: an fsync can take tens of milliseconds.
-    let written =
-        tokio::task::spawn_blocking(move || replace(&path, json_data.as_bytes(), 0o644)).await;
+    // The app's facts come first, so an app that waits for config.json
+    // finds them there.
+    let written = tokio::task::spawn_blocking(move || {
+        facts::write_session(&facts_dir, &facts)?;
+        replace(&path, json_data.as_bytes(), 0o644)
+    })
+    .await;
     let replaced = match joined(written) {
         Ok(replaced) => replaced,
         Err(e) => {
@@ -392,4 +400,36 @@ async fn run_init(
             }
         })?;
     Ok((Some(answer), Some(sealed)))
+}
+
+/// What the session's app reads in `/berth/session.json`. Its lifetime counts
+/// from now, when it is finished for its user.
+fn session_facts(host: &Host, session: &Session) -> facts::SessionFacts {
+    let rt = &session.runtime;
+    let user_id = session
+        .phase()
+        .owner()
+        .map(|o| o.user_id.clone())
+        .unwrap_or_default();
+    let lifetime_ends_at = rt.max_lifetime.and_then(|lifetime| {
+        chrono::Duration::from_std(lifetime)
+            .ok()
+            .map(|d| chrono::Utc::now() + d)
+    });
+    facts::SessionFacts {
+        session_id: session.id,
+        runtime: rt.name.clone(),
+        user_id,
+        host_id: host.id.to_string(),
+        region: host.region.clone(),
+        ports: session.ports.clone(),
+        tty: session.tty,
+        devices: session.input_event_nodes(),
+        deadlines: facts::Deadlines {
+            idle_timeout_s: rt.idle_timeout.map(|d| d.as_secs()),
+            idle_warning_s: rt.end_warning.map(|d| d.as_secs()),
+            max_lifetime_s: rt.max_lifetime.map(|d| d.as_secs()),
+            lifetime_ends_at,
+        },
+    }
 }

@@ -4,6 +4,7 @@
 
 pub mod activity;
 pub mod dir;
+pub mod facts;
 pub mod finish;
 pub mod init;
 pub mod spawn;
@@ -81,6 +82,8 @@ pub struct Session {
     /// A teardown is running now. Cleared when one fails, so a later resync
     /// can retry it (the phase stays DYING either way).
     pub tearing_down: std::sync::atomic::AtomicBool,
+    lifetime_ends_at: Mutex<Option<chrono::DateTime<chrono::Utc>>>,
+    warning: Mutex<Option<facts::EndWarning>>,
 }
 
 impl Session {
@@ -110,7 +113,40 @@ impl Session {
             phase: Mutex::new(phase),
             claim_lock: tokio::sync::Mutex::new(()),
             tearing_down: std::sync::atomic::AtomicBool::new(false),
+            lifetime_ends_at: Mutex::new(None),
+            warning: Mutex::new(None),
         }
+    }
+
+    /// When the session's lifetime ends (set when it is finished for its user).
+    pub fn lifetime_ends_at(&self) -> Option<chrono::DateTime<chrono::Utc>> {
+        *self
+            .lifetime_ends_at
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn set_lifetime_ends_at(&self, at: Option<chrono::DateTime<chrono::Utc>>) {
+        *self
+            .lifetime_ends_at
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = at;
+    }
+
+    /// The end announced to the session, if one is.
+    pub fn warning(&self) -> Option<facts::EndWarning> {
+        self.warning
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Records `warning` as announced; whether it differs from the last one.
+    pub fn replace_warning(&self, warning: Option<facts::EndWarning>) -> bool {
+        let mut current = self.warning.lock().unwrap_or_else(|p| p.into_inner());
+        let changed = *current != warning;
+        *current = warning;
+        changed
     }
 
     /// The phase, locked. Never held across an `.await`.

@@ -9,6 +9,7 @@ use berth_common::host_api::WarmSession;
 use berth_common::SessionId;
 
 use super::dir::SessionPaths;
+use super::facts;
 use super::{Phase, Session};
 use crate::control::ControlError;
 use crate::docker::{ContainerSpec, DockerError};
@@ -167,6 +168,7 @@ async fn build(
         session_dir: &paths.session,
         sockets_dir: &paths.sockets,
         logs_dir: &paths.logs,
+        read_only_files: &facts::mounts(&paths.facts),
         volume_dir: &paths.volume,
         publish_ip: host.config.publish_ip,
         cap_add: &host.config.cap_add,

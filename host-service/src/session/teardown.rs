@@ -25,6 +25,9 @@ impl Ending {
     pub fn reaped(reason: impl Into<String>) -> Self {
         Self::new(SessionOutcome::Reaped, reason)
     }
+    pub fn lifetime(reason: impl Into<String>) -> Self {
+        Self::new(SessionOutcome::Lifetime, reason)
+    }
     pub fn deleted(reason: impl Into<String>) -> Self {
         Self::new(SessionOutcome::Deleted, reason)
     }

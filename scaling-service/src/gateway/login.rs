@@ -11,7 +11,7 @@ use berth_common::auth::{new_session_token, token_matches, token_sha256_hex};
 use berth_common::grant::unix_now;
 use berth_common::http::ApiError;
 use berth_common::SessionId;
-use http::{header, HeaderMap, StatusCode};
+use http::{HeaderMap, StatusCode};
 use ring::hmac;
 use sqlx::PgPool;
 
@@ -59,7 +59,8 @@ pub fn check_cookie(
     address: &Address,
     token_sha256: &str,
 ) -> Result<(), CookieRefused> {
-    let value = find_cookie(headers).ok_or(CookieRefused::Missing)?;
+    let value =
+        berth_common::http::find_cookie(headers, COOKIE_NAME).ok_or(CookieRefused::Missing)?;
     let (expiry, tag) = value
         .split_once('.')
         .ok_or(CookieRefused::NotForThisAddress)?;
@@ -78,33 +79,9 @@ pub fn check_cookie(
     Ok(())
 }
 
-fn find_cookie(headers: &HeaderMap) -> Option<String> {
-    cookie_pairs(headers)
-        .find(|(name, _)| *name == COOKIE_NAME)
-        .map(|(_, value)| value.to_owned())
-}
-
-fn cookie_pairs(headers: &HeaderMap) -> impl Iterator<Item = (&str, &str)> {
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|pair| pair.trim().split_once('='))
-}
-
 /// Removes the gateway's cookie (and only it) before a request goes on.
 pub fn strip_cookie(headers: &mut HeaderMap) {
-    let kept: Vec<String> = cookie_pairs(headers)
-        .filter(|(name, _)| *name != COOKIE_NAME)
-        .map(|(name, value)| format!("{name}={value}"))
-        .collect();
-    headers.remove(header::COOKIE);
-    if !kept.is_empty() {
-        if let Ok(value) = kept.join("; ").parse() {
-            headers.insert(header::COOKIE, value);
-        }
-    }
+    berth_common::http::remove_cookie(headers, COOKIE_NAME)
 }
 
 pub fn set_cookie(value: &str, lifetime: Duration) -> String {
@@ -223,6 +200,7 @@ pub async fn new_code(db: &PgPool, session: SessionId) -> Result<String, sqlx::E
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::header;
 
     fn address(label_suffix: &str) -> Address {
         let id = SessionId(uuid::Uuid::new_v4());

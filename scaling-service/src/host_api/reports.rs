@@ -8,8 +8,8 @@ use std::sync::Arc;
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use berth_common::host_api::{
-    ClaimRequest, DeathNotice, DrainRequest, DrainResponse, Dying, Heartbeat, HostState, Running,
-    RuntimeRow, SealedInit, SessionIds, SessionState, WarmSession,
+    ClaimRequest, DeathNotice, DrainRequest, DrainResponse, Dying, EndNotice, Heartbeat, HostState,
+    Running, RuntimeRow, SealedInit, SessionIds, SessionState, WarmSession,
 };
 use berth_common::http::{json, ApiError, HttpResponse};
 use berth_common::{SessionId, SessionStatus};
@@ -77,6 +77,9 @@ pub(super) async fn handle(
             dying(scaler, host, session_id(id)?, body(req).await?).await
         }
         (Method::GET, ["sessions", id, "init"]) => init(scaler, host, session_id(id)?).await,
+        (Method::POST, ["sessions", id, "warning"]) => {
+            warning(scaler, host, session_id(id)?, body(req).await?).await
+        }
         (_, ["heartbeat" | "drain" | "terminating" | "death"]) => {
             Err(ApiError::method_not_allowed("POST"))
         }
@@ -84,9 +87,10 @@ pub(super) async fn handle(
             Err(ApiError::method_not_allowed("GET"))
         }
         (_, ["sessions"]) => Err(ApiError::method_not_allowed("GET, POST")),
-        (_, ["sessions", "retire"] | ["sessions", _, "claim" | "running" | "dying"]) => {
-            Err(ApiError::method_not_allowed("POST"))
-        }
+        (
+            _,
+            ["sessions", "retire"] | ["sessions", _, "claim" | "running" | "dying" | "warning"],
+        ) => Err(ApiError::method_not_allowed("POST")),
         (_, ["sessions", _]) => Err(ApiError::method_not_allowed("GET, DELETE")),
         _ => Err(ApiError::not_found()),
     }
@@ -157,7 +161,7 @@ async fn death(
 async fn runtime(scaler: &Scaler, name: &str) -> Result<HttpResponse, ApiError> {
     let row: RuntimeRow = sqlx::query_as(
         "SELECT name, image, ports, env, memory_mib, cpu_shares, shm_mib, needs_tty, needs_uinput, \
-                readiness, ready_timeout_s, idle_timeout_s, init, user_volume, egress FROM runtimes WHERE name = $1",
+                readiness, ready_timeout_s, idle_timeout_s, max_lifetime_s, idle_warning_s, init, user_volume, egress FROM runtimes WHERE name = $1",
     )
     .bind(name)
     .fetch_optional(&scaler.db)
@@ -284,6 +288,39 @@ async fn claim(
 }
 
 /// CONNECTING → RUNNING, with the sealed init answer.
+/// Records (or withdraws) the end announced to one of the host's RUNNING
+/// sessions; a session no longer running is answered `updated: false`.
+async fn warning(
+    scaler: &Scaler,
+    host: &CallingHost,
+    id: SessionId,
+    notice: EndNotice,
+) -> Result<HttpResponse, ApiError> {
+    let reason = match notice.reason.as_deref() {
+        None | Some("IDLE") | Some("LIFETIME") => notice.reason.as_deref(),
+        Some(other) => {
+            return Err(ApiError::bad_request(format!(
+                "reason {other:?} is not IDLE or LIFETIME"
+            )))
+        }
+    };
+    let text = reason.map(|r| match &notice.message {
+        Some(message) => format!("{r}: {message}"),
+        None => r.to_owned(),
+    });
+    let updated = sqlx::query(
+        "UPDATE sessions SET ends_at = $3, end_warning = $4          WHERE id = $1 AND host_id = $2 AND status = 'RUNNING'",
+    )
+    .bind(id)
+    .bind(&host.id)
+    .bind(notice.ends_at)
+    .bind(text.filter(|_| notice.ends_at.is_some()))
+    .execute(&scaler.db)
+    .await
+    .map_err(|e| database_error("recording a session's end warning", e))?;
+    ok(serde_json::json!({"updated": updated.rows_affected() == 1}))
+}
+
 async fn running(
     scaler: &Scaler,
     host: &CallingHost,

@@ -1,8 +1,9 @@
 //! EC2 through aws-sdk-ec2. The SDK's standard retry mode gives exponential
 //! back-off with jitter on throttling; capacity errors fall back across the
-//! region's subnets, then its instance types. Each RunInstances carries a
-//! client token derived from the launch id, so a retried request can never
-//! launch a second set of instances.
+//! region's subnets, then its instance types (and, for `spot_with_fallback`,
+//! from spot to on-demand within each). Each RunInstances carries a client
+//! token derived from the launch id, so a retried request can never launch a
+//! second set of instances.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -21,10 +22,12 @@ use aws_config::timeout::TimeoutConfig;
 use aws_config::web_identity_token::WebIdentityTokenCredentialsProvider;
 use aws_config::{BehaviorVersion, Region, SdkConfig};
 use aws_sdk_ec2::error::ProvideErrorMetadata;
+use aws_sdk_ec2::operation::run_instances::builders::RunInstancesFluentBuilder;
 use aws_sdk_ec2::types::{
-    Filter, HttpTokensState, IamInstanceProfileSpecification, InstanceMetadataEndpointState,
-    InstanceMetadataOptionsRequest, InstanceStateName, InstanceType, ResourceType, Tag,
-    TagSpecification,
+    Filter, HttpTokensState, IamInstanceProfileSpecification, InstanceInterruptionBehavior,
+    InstanceMarketOptionsRequest, InstanceMetadataEndpointState, InstanceMetadataOptionsRequest,
+    InstanceStateName, InstanceType, MarketType, ResourceType, SpotInstanceType, SpotMarketOptions,
+    Tag, TagSpecification,
 };
 use aws_sdk_ec2::Client;
 use base64::Engine;
@@ -33,7 +36,7 @@ use sha2::{Digest, Sha256};
 
 use super::{
     tags, CloudInstance, InstanceState, LaunchRequest, LaunchedInstance, Provider, ProviderError,
-    Selector,
+    Purchase, Selector,
 };
 
 #[derive(Debug)]
@@ -47,13 +50,20 @@ pub struct AwsProvider {
 /// profile names one (EC2 calls always name their own).
 pub const FALLBACK_REGION: &str = "us-east-1";
 
-/// Error codes that mean "try another place or type", not "give up".
+/// Error codes that mean "try another place, type or market", not "give up".
+/// The last three come only from spot requests: EC2's own codes for no spot
+/// capacity (`UnfulfillableCapacity`, besides `InsufficientInstanceCapacity`),
+/// a spot price above the default maximum (the on-demand price) and the
+/// account's spot quota.
 const CAPACITY_CODES: &[&str] = &[
     "InsufficientInstanceCapacity",
     "InsufficientCapacity",
     "InstanceLimitExceeded",
     "Unsupported",
     "InsufficientHostCapacity",
+    "UnfulfillableCapacity",
+    "SpotMaxPriceTooLow",
+    "MaxSpotInstanceCountExceeded",
 ];
 const THROTTLE_CODES: &[&str] = &["RequestLimitExceeded", "Throttling", "ThrottlingException"];
 
@@ -197,9 +207,68 @@ impl AwsProvider {
     }
 }
 
-/// A client token (≤ 64 chars) unique to this launch, type and subnet.
-fn client_token(request: &LaunchRequest, instance_type: &str, subnet: Option<&str>) -> String {
-    let digest = Sha256::digest(format!("{instance_type}/{}", subnet.unwrap_or("-")).as_bytes());
+/// EC2's two markets: what one RunInstances asks for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Market {
+    OnDemand,
+    Spot,
+}
+
+impl Market {
+    /// The markets asked, in order, for each instance type and subnet.
+    fn for_purchase(purchase: Purchase) -> &'static [Market] {
+        match purchase {
+            Purchase::OnDemand => &[Market::OnDemand],
+            Purchase::Spot => &[Market::Spot],
+            Purchase::SpotWithFallback => &[Market::Spot, Market::OnDemand],
+        }
+    }
+
+    /// The `berth:purchase` tag's value.
+    fn tag_value(self) -> &'static str {
+        match self {
+            Market::OnDemand => "on_demand",
+            Market::Spot => "spot",
+        }
+    }
+
+    /// One-time: a refused or interrupted request is not reopened behind the
+    /// controller's back (it launches replacements itself). Terminate: an
+    /// interrupted host is gone for good, and its sessions end HOST_LOST.
+    fn options(self) -> Option<InstanceMarketOptionsRequest> {
+        match self {
+            Market::OnDemand => None,
+            Market::Spot => Some(
+                InstanceMarketOptionsRequest::builder()
+                    .market_type(MarketType::Spot)
+                    .spot_options(
+                        SpotMarketOptions::builder()
+                            .spot_instance_type(SpotInstanceType::OneTime)
+                            .instance_interruption_behavior(InstanceInterruptionBehavior::Terminate)
+                            .build(),
+                    )
+                    .build(),
+            ),
+        }
+    }
+}
+
+/// A client token (≤ 64 chars) unique to this launch, type, subnet and
+/// market. A spot and an on-demand request are different requests (EC2
+/// refuses a token reused with other parameters); on-demand tokens are the
+/// ones made before spot existed, so a launch an older release left PENDING is
+/// re-issued with its original tokens.
+fn client_token(
+    request: &LaunchRequest,
+    instance_type: &str,
+    subnet: Option<&str>,
+    market: Market,
+) -> String {
+    let mut key = format!("{instance_type}/{}", subnet.unwrap_or("-"));
+    if market == Market::Spot {
+        key.push_str("/spot");
+    }
+    let digest = Sha256::digest(key.as_bytes());
     format!(
         "{}-{}",
         request.launch_id.simple(),
@@ -237,6 +306,69 @@ fn classify<E: ProvideErrorMetadata + std::fmt::Debug>(
     }
 }
 
+/// What every RunInstances of one launch shares.
+struct Shared {
+    tags: Vec<Tag>,
+    user_data: Option<String>,
+    groups: Vec<String>,
+}
+
+/// One RunInstances: the launch's instances as `instance_type` in `subnet`,
+/// bought on `market` and tagged so.
+fn run_instances(
+    client: &Client,
+    request: &LaunchRequest,
+    shared: &Shared,
+    instance_type: &str,
+    subnet: Option<&str>,
+    market: Market,
+) -> RunInstancesFluentBuilder {
+    let mut tags = shared.tags.clone();
+    tags.push(
+        Tag::builder()
+            .key(tags::PURCHASE)
+            .value(market.tag_value())
+            .build(),
+    );
+    let mut run = client
+        .run_instances()
+        .image_id(&request.image_id)
+        .instance_type(InstanceType::from(instance_type))
+        .min_count(request.count)
+        .max_count(request.count)
+        .client_token(client_token(request, instance_type, subnet, market))
+        .tag_specifications(
+            TagSpecification::builder()
+                .resource_type(ResourceType::Instance)
+                .set_tags(Some(tags))
+                .build(),
+        )
+        .set_user_data(shared.user_data.clone())
+        .set_subnet_id(subnet.map(str::to_owned))
+        .set_instance_market_options(market.options())
+        // IMDSv2 only, one hop: a session container sits a hop
+        // behind the host's bridge, so even without the host's
+        // filter rules its token request would not come back.
+        .metadata_options(
+            InstanceMetadataOptionsRequest::builder()
+                .http_endpoint(InstanceMetadataEndpointState::Enabled)
+                .http_tokens(HttpTokensState::Required)
+                .http_put_response_hop_limit(1)
+                .build(),
+        );
+    if !shared.groups.is_empty() {
+        run = run.set_security_group_ids(Some(shared.groups.clone()));
+    }
+    if let Some(profile) = &request.iam_instance_profile {
+        run = run.iam_instance_profile(
+            IamInstanceProfileSpecification::builder()
+                .name(profile)
+                .build(),
+        );
+    }
+    run
+}
+
 impl Provider for AwsProvider {
     fn launch<'a>(
         &'a self,
@@ -253,76 +385,64 @@ impl Provider for AwsProvider {
             } else {
                 subnets.into_iter().map(Some).collect()
             };
-            let tags: Vec<Tag> = request
-                .tags
-                .iter()
-                .map(|(k, v)| Tag::builder().key(k).value(v).build())
-                .collect();
-            let user_data = request
-                .user_data
-                .as_ref()
-                .map(|u| base64::engine::general_purpose::STANDARD.encode(u));
+            let shared = Shared {
+                tags: request
+                    .tags
+                    .iter()
+                    .map(|(k, v)| Tag::builder().key(k).value(v).build())
+                    .collect(),
+                user_data: request
+                    .user_data
+                    .as_ref()
+                    .map(|u| base64::engine::general_purpose::STANDARD.encode(u)),
+                groups,
+            };
             let mut capacity_errors = vec![];
+            // Spot and on-demand capacity are separate pools: a spot refusal
+            // says nothing about on-demand capacity for this type in this
+            // subnet, so the fallback asks for the same request on-demand at
+            // once instead of treating the type as full and moving on. Only
+            // when every market asked here refuses does the next subnet, then
+            // the next type, get a turn: the region's type order is its
+            // preference (its buffer is sized by the first type) and wins over
+            // price.
             for instance_type in &request.instance_types {
                 for subnet in &subnets {
-                    let mut run = client
-                        .run_instances()
-                        .image_id(&request.image_id)
-                        .instance_type(InstanceType::from(instance_type.as_str()))
-                        .min_count(request.count)
-                        .max_count(request.count)
-                        .client_token(client_token(request, instance_type, subnet.as_deref()))
-                        .tag_specifications(
-                            TagSpecification::builder()
-                                .resource_type(ResourceType::Instance)
-                                .set_tags(Some(tags.clone()))
-                                .build(),
-                        )
-                        .set_user_data(user_data.clone())
-                        .set_subnet_id(subnet.clone())
-                        // IMDSv2 only, one hop: a session container sits a hop
-                        // behind the host's bridge, so even without the host's
-                        // filter rules its token request would not come back.
-                        .metadata_options(
-                            InstanceMetadataOptionsRequest::builder()
-                                .http_endpoint(InstanceMetadataEndpointState::Enabled)
-                                .http_tokens(HttpTokensState::Required)
-                                .http_put_response_hop_limit(1)
-                                .build(),
-                        );
-                    if !groups.is_empty() {
-                        run = run.set_security_group_ids(Some(groups.clone()));
-                    }
-                    if let Some(profile) = &request.iam_instance_profile {
-                        run = run.iam_instance_profile(
-                            IamInstanceProfileSpecification::builder()
-                                .name(profile)
-                                .build(),
-                        );
-                    }
-                    match run.send().await.map_err(classify) {
-                        Ok(out) => {
-                            return Ok(out
-                                .instances()
-                                .iter()
-                                .filter_map(|i| {
-                                    Some(LaunchedInstance {
-                                        id: i.instance_id()?.to_owned(),
-                                        instance_type: instance_type.clone(),
-                                        private_ip: i.private_ip_address().map(str::to_owned),
-                                        public_ip: i.public_ip_address().map(str::to_owned),
+                    let subnet = subnet.as_deref();
+                    let place = subnet.unwrap_or("default subnet");
+                    for &market in Market::for_purchase(request.purchase) {
+                        let purchase = market.tag_value();
+                        let run =
+                            run_instances(&client, request, &shared, instance_type, subnet, market);
+                        match run.send().await.map_err(classify) {
+                            Ok(out) => {
+                                if market == Market::OnDemand
+                                    && request.purchase == Purchase::SpotWithFallback
+                                {
+                                    tracing::warn!(region = request.region, launch_id = %request.launch_id, instance_type, subnet = place, "EC2 refused spot; launched on-demand instead");
+                                } else {
+                                    tracing::info!(region = request.region, launch_id = %request.launch_id, instance_type, subnet = place, purchase, "launched");
+                                }
+                                return Ok(out
+                                    .instances()
+                                    .iter()
+                                    .filter_map(|i| {
+                                        Some(LaunchedInstance {
+                                            id: i.instance_id()?.to_owned(),
+                                            instance_type: instance_type.clone(),
+                                            private_ip: i.private_ip_address().map(str::to_owned),
+                                            public_ip: i.public_ip_address().map(str::to_owned),
+                                        })
                                     })
-                                })
-                                .collect())
+                                    .collect());
+                            }
+                            Err(ProviderError::Capacity(why)) => {
+                                tracing::warn!(instance_type, subnet = place, purchase, %why, "no capacity; trying the next option");
+                                capacity_errors
+                                    .push(format!("{instance_type} {purchase} in {place}: {why}"));
+                            }
+                            Err(other) => return Err(other),
                         }
-                        Err(ProviderError::Capacity(why)) => {
-                            tracing::warn!(instance_type, subnet = subnet.as_deref().unwrap_or("default"), %why, "no capacity; trying the next option");
-                            capacity_errors.push(format!(
-                                "{instance_type} in {}: {why}",
-                                subnet.as_deref().unwrap_or("default subnet")
-                            ));
-                        }
-                        Err(other) => return Err(other),
                     }
                 }
             }
@@ -418,5 +538,71 @@ impl Provider for AwsProvider {
             }
             Ok(found)
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(purchase: Purchase) -> LaunchRequest {
+        LaunchRequest {
+            launch_id: uuid::Uuid::from_u128(1),
+            region: "us-east-1".into(),
+            instance_types: vec!["t3.large".into()],
+            image_id: "ami-1".into(),
+            count: 1,
+            tags: vec![],
+            user_data: None,
+            bootstrap_token: Default::default(),
+            control_url: String::new(),
+            subnets: vec![],
+            security_groups: vec![],
+            iam_instance_profile: None,
+            purchase,
+        }
+    }
+
+    #[test]
+    fn on_demand_client_tokens_are_those_of_older_releases_and_spot_ones_differ() {
+        let request = request(Purchase::SpotWithFallback);
+        let id = "00000000000000000000000000000001";
+        assert_eq!(
+            client_token(&request, "t3.large", Some("subnet-1"), Market::OnDemand),
+            format!("{id}-9c56e84ee3b3043d")
+        );
+        assert_eq!(
+            client_token(&request, "t3.large", None, Market::OnDemand),
+            format!("{id}-10f02d7970ff8e15")
+        );
+        assert_eq!(
+            client_token(&request, "t3.large", Some("subnet-1"), Market::Spot),
+            format!("{id}-b55feb3c80677415")
+        );
+    }
+
+    #[test]
+    fn only_spot_requests_carry_market_options_and_fallback_asks_spot_first() {
+        assert_eq!(
+            Market::for_purchase(Purchase::OnDemand),
+            &[Market::OnDemand]
+        );
+        assert_eq!(Market::for_purchase(Purchase::Spot), &[Market::Spot]);
+        assert_eq!(
+            Market::for_purchase(Purchase::SpotWithFallback),
+            &[Market::Spot, Market::OnDemand]
+        );
+        assert!(Market::OnDemand.options().is_none());
+        let spot = Market::Spot.options().expect("spot has market options");
+        assert_eq!(spot.market_type(), Some(&MarketType::Spot));
+        let options = spot.spot_options().expect("spot options");
+        assert_eq!(
+            options.spot_instance_type(),
+            Some(&SpotInstanceType::OneTime)
+        );
+        assert_eq!(
+            options.instance_interruption_behavior(),
+            Some(&InstanceInterruptionBehavior::Terminate)
+        );
     }
 }

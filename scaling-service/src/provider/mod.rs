@@ -18,6 +18,55 @@ pub mod tags {
     pub const LAUNCH_ID: &str = "berth:launch-id";
     pub const MANAGED_BY: &str = "berth:managed-by";
     pub const MANAGED_BY_VALUE: &str = "berth-scaling-service";
+    /// How the instance was bought: `spot` or `on_demand` (aws only).
+    pub const PURCHASE: &str = "berth:purchase";
+}
+
+/// How a region's instances are bought (`regions.purchase`). Only the aws
+/// provider acts on it; local hosts are not bought.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Purchase {
+    #[default]
+    OnDemand,
+    /// Spot only: when EC2 refuses, the launch fails (the next pass retries).
+    Spot,
+    /// Spot first; on-demand for the same request when EC2 refuses spot for
+    /// capacity.
+    SpotWithFallback,
+}
+
+impl Purchase {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Purchase::OnDemand => "on_demand",
+            Purchase::Spot => "spot",
+            Purchase::SpotWithFallback => "spot_with_fallback",
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("unknown purchase {0:?}; expected on_demand, spot or spot_with_fallback")]
+pub struct UnknownPurchase(String);
+
+impl std::str::FromStr for Purchase {
+    type Err = UnknownPurchase;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "on_demand" => Ok(Purchase::OnDemand),
+            "spot" => Ok(Purchase::Spot),
+            "spot_with_fallback" => Ok(Purchase::SpotWithFallback),
+            other => Err(UnknownPurchase(other.to_owned())),
+        }
+    }
+}
+
+/// For reading `regions.purchase` (text) into a row struct.
+impl TryFrom<String> for Purchase {
+    type Error = UnknownPurchase;
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        s.parse()
+    }
 }
 
 /// Subnet or security group selector from the region row:
@@ -58,6 +107,7 @@ pub struct LaunchRequest {
     pub subnets: Vec<Selector>,
     pub security_groups: Vec<Selector>,
     pub iam_instance_profile: Option<String>,
+    pub purchase: Purchase,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -126,4 +176,22 @@ pub trait Provider: Send + Sync + std::fmt::Debug {
         region: &'a str,
         environment: &'a str,
     ) -> BoxFuture<'a, Result<Vec<CloudInstance>, ProviderError>>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Purchase;
+
+    #[test]
+    fn purchases_read_back_as_written_and_unknown_ones_are_refused() {
+        for purchase in [
+            Purchase::OnDemand,
+            Purchase::Spot,
+            Purchase::SpotWithFallback,
+        ] {
+            assert_eq!(purchase.as_str().parse::<Purchase>().ok(), Some(purchase));
+        }
+        let refused = "reserved".parse::<Purchase>().unwrap_err().to_string();
+        assert!(refused.contains("\"reserved\""), "{refused}");
+    }
 }

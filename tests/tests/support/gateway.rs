@@ -186,6 +186,21 @@ impl GatewaySystem {
         )
     }
 
+    /// The scaler's `/metrics` text (operator token).
+    pub async fn metrics(&self) -> String {
+        reqwest::Client::new()
+            .get(format!("{}/metrics", self.system.url))
+            .bearer_auth(berth_testing::OPERATOR_TOKEN)
+            .send()
+            .await
+            .unwrap()
+            .error_for_status()
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
     pub async fn stop(self) {
         self.system.stop().await;
         let _ = std::fs::remove_dir_all(&self.certs);
