@@ -29,6 +29,9 @@ pub struct RegisterRequest {
     /// lost answer cannot strand the host. `None`: the answer carries one.
     #[serde(default)]
     pub credential_sha256: Option<String>,
+    /// The host's GPU device ids (none on a host without GPUs).
+    #[serde(default)]
+    pub gpus: Vec<String>,
 }
 
 #[derive(Clone, Serialize, Deserialize)]
@@ -189,6 +192,20 @@ pub struct RuntimeRow {
     pub init: Option<serde_json::Value>,
     pub user_volume: Option<serde_json::Value>,
     pub egress: String,
+    /// GPUs per session: `0`, a count, or `all`.
+    #[serde(default = "no_gpus")]
+    pub gpus: String,
+    /// `nvidia` or `cdi:<vendor>/<class>`.
+    #[serde(default = "nvidia")]
+    pub gpu_driver: String,
+}
+
+fn no_gpus() -> String {
+    "0".to_owned()
+}
+
+fn nvidia() -> String {
+    "nvidia".to_owned()
 }
 
 /// What `GET /v1/host/watch` streams (server-sent events, `event:` the kind,

@@ -155,6 +155,7 @@ macro_rules! pg_enum {
     (@upper Unreachable) => { "UNREACHABLE" };
     (@upper HostLost) => { "HOST_LOST" };
     (@upper Lifetime) => { "LIFETIME" };
+    (@upper Interrupted) => { "INTERRUPTED" };
 }
 
 pg_enum!(
@@ -180,9 +181,10 @@ pg_enum!(
     /// How a user's session ended: idle too long (REAPED), asked to end by its
     /// owner (DELETED), broken (FAILED), its host gone (HOST_LOST: the instance
     /// terminated, or unreachable past its grace), its runtime's lifetime over
-    /// (LIFETIME), or otherwise over (ENDED: the app exited, the host drained).
+    /// (LIFETIME), its host taken back by EC2 (INTERRUPTED: a spot
+    /// interruption), or otherwise over (ENDED: the app exited, the host drained).
     SessionOutcome, "session_outcome",
-    [Reaped, Deleted, Failed, Ended, HostLost, Lifetime]
+    [Reaped, Deleted, Failed, Ended, HostLost, Lifetime, Interrupted]
 );
 pg_enum!(LaunchState, "launch_state", [Pending, Launched, Failed]);
 pg_enum!(

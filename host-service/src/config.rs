@@ -195,6 +195,19 @@ pub struct Config {
     #[arg(long, env = "BERTH_USER_DATA_ROOT")]
     pub user_data_root: Option<PathBuf>,
 
+    /// This host's GPU device ids for sessions of GPU runtimes: `auto` (the
+    /// NVIDIA device nodes present, /dev/nvidia<N>), `none`, or a list
+    /// (`0,1`). GPU hosts need the NVIDIA driver and Container Toolkit (or a
+    /// CDI spec for `cdi:` runtimes).
+    #[arg(long, env = "BERTH_GPUS", default_value = "auto")]
+    pub gpus: String,
+
+    /// Seconds between looks at instance metadata for a spot interruption
+    /// notice or rebalance recommendation (EC2 gives two minutes' notice);
+    /// 0: never. Not in local mode without metadata.
+    #[arg(long, env = "BERTH_SPOT_POLL_SECS", default_value_t = 5, value_parser = clap::value_parser!(u64).range(0..=120))]
+    pub spot_poll_secs: u64,
+
     /// Seconds between idle checks of sessions whose runtime has an idle timeout.
     #[arg(long, env = "BERTH_IDLE_CHECK_SECS", default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=600))]
     pub idle_check_secs: u64,

@@ -22,8 +22,8 @@ use crate::registry::{self, Endpoint};
 use crate::resources::volumes::UserData;
 use crate::runtime::RuntimeSpec;
 use crate::{
-    api, container_events, deadlines, drain, heartbeat, isolation, reconcile, resources, warm_pool,
-    watch, Error,
+    api, container_events, deadlines, drain, heartbeat, isolation, reconcile, resources, spot,
+    warm_pool, watch, Error,
 };
 
 /// Tasks get this long to finish after a stop before the daemon exits anyway.
@@ -102,6 +102,7 @@ async fn boot(
         api_port: api_addr.port(),
         cert_sha256: &identity.sha256_hex,
         version: env!("CARGO_PKG_VERSION"),
+        gpus: &resources::gpus::discover(&config.gpus),
     };
     // Not yet the daemon's own stop: a stop before the host exists ends the wait.
     let registration =
@@ -144,6 +145,16 @@ async fn boot(
     host.tasks.spawn(heartbeat::run(host.clone()));
     host.tasks.spawn(heartbeat::watchdog(host.clone()));
     host.tasks.spawn(deadlines::run(host.clone()));
+    // Instance metadata answers only on EC2 (or the local provider's own).
+    if !host.config.local && host.config.spot_poll_secs > 0 {
+        match berth_common::imds::ImdsClient::new(&host.config.imds_endpoint) {
+            Ok(imds) => {
+                let every = std::time::Duration::from_secs(host.config.spot_poll_secs);
+                host.tasks.spawn(spot::run(host.clone(), imds, every));
+            }
+            Err(error) => tracing::warn!(%error, "spot notices cannot be watched"),
+        }
+    }
     if registration.draining {
         drain::start(&host);
     } else {

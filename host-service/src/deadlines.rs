@@ -5,8 +5,9 @@
 //! user). `idle_warning_s` before either end the session is warned: the app
 //! reads `/berth/warning.json`, the client `GET /sessions/<id>` here and on
 //! the scheduler (`ends_at`, the reason). Use before an idle end cancels it
-//! and its warning; a lifetime end does not move. The user then sees the
-//! session as REAPED (idle) or LIFETIME, with the reason.
+//! and its warning; a lifetime end does not move. A spot interruption notice
+//! (see `spot`) is an end too, announced at once. The user then sees the
+//! session as REAPED (idle), LIFETIME or INTERRUPTED, with the reason.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -30,9 +31,13 @@ pub async fn run(host: Arc<Host>) {
     }
 }
 
-/// The session's next end, if it has one: the earlier of its idle end (were
-/// it to stay idle from now) and its lifetime end.
-fn next_end(session: &Session, now: DateTime<Utc>) -> Option<(DateTime<Utc>, EndReason)> {
+/// The session's next end, if it has one: the earliest of its idle end (were
+/// it to stay idle from now), its lifetime end and its host's interruption.
+fn next_end(
+    host: &Host,
+    session: &Session,
+    now: DateTime<Utc>,
+) -> Option<(DateTime<Utc>, EndReason)> {
     let idle = session.runtime.idle_timeout.and_then(|timeout| {
         let idle = session.activity.idle_for(&session.paths.session);
         let left = chrono::Duration::from_std(timeout.saturating_sub(idle)).ok()?;
@@ -41,10 +46,11 @@ fn next_end(session: &Session, now: DateTime<Utc>) -> Option<(DateTime<Utc>, End
     let lifetime = session
         .lifetime_ends_at()
         .map(|at| (at, EndReason::Lifetime));
-    match (idle, lifetime) {
-        (Some(i), Some(l)) => Some(if l.0 <= i.0 { l } else { i }),
-        (one, other) => one.or(other),
-    }
+    let interruption = host.interruption().map(|at| (at, EndReason::Interruption));
+    [idle, lifetime, interruption]
+        .into_iter()
+        .flatten()
+        .min_by_key(|(at, _)| *at)
 }
 
 fn check(host: &Arc<Host>) {
@@ -53,7 +59,7 @@ fn check(host: &Arc<Host>) {
         if session.running_owner().is_none() {
             continue;
         }
-        let Some((at, reason)) = next_end(&session, now) else {
+        let Some((at, reason)) = next_end(host, &session, now) else {
             continue;
         };
         if at <= now {
@@ -64,8 +70,10 @@ fn check(host: &Arc<Host>) {
             .runtime
             .end_warning
             .and_then(|w| chrono::Duration::from_std(w).ok());
+        // An interruption is announced as soon as it is known.
         let warning = warn_ahead
             .filter(|ahead| at - now <= *ahead)
+            .or((reason == EndReason::Interruption).then(chrono::Duration::zero))
             .map(|_| EndWarning {
                 // Announced to the second: an idle end re-computed every
                 // tick does not look like a new one.
@@ -74,6 +82,9 @@ fn check(host: &Arc<Host>) {
                 message: match reason {
                     EndReason::Idle => "the session ends if it stays idle; any use keeps it".into(),
                     EndReason::Lifetime => "the session reaches its maximum lifetime".into(),
+                    EndReason::Interruption => {
+                        "EC2 is taking this host back (spot interruption); save your work".into()
+                    }
                 },
             });
         // An idle end is re-computed every tick from two clocks: within a
@@ -109,6 +120,13 @@ fn end(host: &Arc<Host>, session: Arc<Session>, reason: EndReason) {
             rt.max_lifetime.unwrap_or_default().as_secs(),
             rt.name
         )),
+        EndReason::Interruption => Ending::interrupted(format!(
+            "host {} was taken back by EC2 (spot interruption at {})",
+            host.id,
+            host.interruption()
+                .map(|at| at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+                .unwrap_or_default()
+        )),
     };
     spawn_teardown(host, session, ending);
 }
@@ -131,13 +149,7 @@ fn announce(host: &Arc<Host>, session: &Arc<Session>, warning: Option<EndWarning
         }
         let notice = EndNotice {
             ends_at: warning.as_ref().map(|w| w.ends_at),
-            reason: warning.as_ref().map(|w| {
-                match w.reason {
-                    EndReason::Idle => "IDLE",
-                    EndReason::Lifetime => "LIFETIME",
-                }
-                .to_owned()
-            }),
+            reason: warning.as_ref().map(|w| w.reason.as_str().to_owned()),
             message: warning.as_ref().map(|w| w.message.clone()),
         };
         let told = host

@@ -9,8 +9,8 @@ use std::time::Duration;
 use berth_common::{HostId, SessionId};
 use bollard::errors::Error as BollardError;
 use bollard::models::{
-    ContainerCreateBody, ContainerSummary, EventMessage, HostConfig, HostConfigLogConfig,
-    PortBinding, RestartPolicy, RestartPolicyNameEnum,
+    ContainerCreateBody, ContainerSummary, DeviceRequest, EventMessage, HostConfig,
+    HostConfigLogConfig, PortBinding, RestartPolicy, RestartPolicyNameEnum,
 };
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, EventsOptionsBuilder, ListContainersOptionsBuilder,
@@ -20,6 +20,7 @@ use bollard::Docker;
 use futures_util::Stream;
 
 use crate::resources::devices::{device_mappings, InputNode, SessionDevices};
+use crate::resources::gpus::GpuDriver;
 use crate::resources::PortMapping;
 use crate::runtime::RuntimeSpec;
 
@@ -29,6 +30,8 @@ pub const LABEL_TTY: &str = "berth.tty";
 pub const LABEL_PORTS: &str = "berth.ports";
 pub const LABEL_UINPUT: &str = "berth.uinput";
 pub const LABEL_RUNTIME: &str = "berth.runtime";
+/// JSON list of the session's GPU device ids (absent without GPUs).
+pub const LABEL_GPUS: &str = "berth.gpus";
 
 /// Where the session directory appears inside the container.
 pub const SESSION_DIR_IN_CONTAINER: &str = "/berth";
@@ -73,6 +76,8 @@ pub struct ContainerSpec<'a> {
     pub logs_dir: &'a Path,
     /// Host files mounted read-only at container paths (the session's facts).
     pub read_only_files: &'a [(PathBuf, &'static str)],
+    /// GPU device ids from the host's ledger, given as the runtime's driver says.
+    pub gpus: &'a [String],
     /// The empty mount point the user's data is mounted on once known.
     pub volume_dir: &'a Path,
     pub publish_ip: IpAddr,
@@ -295,6 +300,12 @@ fn container_body(spec: &ContainerSpec<'_>) -> ContainerCreateBody {
     if let Some(tty) = spec.tty {
         labels.insert(LABEL_TTY.to_owned(), tty.to_string());
     }
+    if !spec.gpus.is_empty() {
+        labels.insert(
+            LABEL_GPUS.to_owned(),
+            serde_json::to_string(spec.gpus).unwrap_or_else(|_| "[]".to_owned()),
+        );
+    }
     let nodes: Vec<String> = spec
         .input_nodes
         .iter()
@@ -380,6 +391,7 @@ fn container_body(spec: &ContainerSpec<'_>) -> ContainerCreateBody {
             port_bindings: Some(bindings),
             devices: Some(devices),
             device_cgroup_rules: Some(device_cgroup_rules),
+            device_requests: gpu_requests(&rt.gpu_driver, spec.gpus),
             binds: Some(binds),
             tmpfs: Some(tmpfs),
             shm_size: Some(rt.shm_mib * 1024 * 1024),
@@ -402,6 +414,28 @@ fn container_body(spec: &ContainerSpec<'_>) -> ContainerCreateBody {
     }
 }
 
+/// The Docker device request giving a container exactly these GPUs: the
+/// NVIDIA runtime's (`nvidia`, device ids, the `gpu` capability) or CDI
+/// device names (`<kind>=<id>`).
+pub fn gpu_requests(driver: &GpuDriver, gpus: &[String]) -> Option<Vec<DeviceRequest>> {
+    if gpus.is_empty() {
+        return None;
+    }
+    Some(vec![match driver {
+        GpuDriver::Nvidia => DeviceRequest {
+            driver: Some("nvidia".to_owned()),
+            device_ids: Some(gpus.to_vec()),
+            capabilities: Some(vec![vec!["gpu".to_owned()]]),
+            ..Default::default()
+        },
+        GpuDriver::Cdi { kind } => DeviceRequest {
+            driver: Some("cdi".to_owned()),
+            device_ids: Some(gpus.iter().map(|id| format!("{kind}={id}")).collect()),
+            ..Default::default()
+        },
+    }])
+}
+
 fn port_key(m: &PortMapping) -> String {
     format!("{}/{}", m.container_port, m.protocol.as_str())
 }
@@ -409,4 +443,30 @@ fn port_key(m: &PortMapping) -> String {
 /// Reads a label.
 pub fn label<'a>(summary: &'a ContainerSummary, key: &str) -> Option<&'a str> {
     summary.labels.as_ref()?.get(key).map(String::as_str)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gpus_are_requested_exactly_as_their_driver_names_them() {
+        let ids = vec!["0".to_owned(), "3".to_owned()];
+        let nvidia = gpu_requests(&GpuDriver::Nvidia, &ids).unwrap();
+        assert_eq!(
+            serde_json::to_value(&nvidia).unwrap(),
+            serde_json::json!([{"Driver": "nvidia", "DeviceIDs": ["0", "3"], "Capabilities": [["gpu"]]}])
+        );
+        let cdi = GpuDriver::Cdi {
+            kind: "nvidia.com/gpu".into(),
+        };
+        assert_eq!(
+            serde_json::to_value(gpu_requests(&cdi, &ids).unwrap()).unwrap(),
+            serde_json::json!([{"Driver": "cdi", "DeviceIDs": ["nvidia.com/gpu=0", "nvidia.com/gpu=3"]}])
+        );
+        assert!(
+            gpu_requests(&GpuDriver::Nvidia, &[]).is_none(),
+            "no GPUs, no request"
+        );
+    }
 }

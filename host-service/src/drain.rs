@@ -39,6 +39,15 @@ async fn run(host: Arc<Host>) {
         if left.is_empty() {
             break;
         }
+        // Sessions of an interrupted host end at the interruption (see
+        // `deadlines`); the drain waits for them, not for its own deadline.
+        let deadline = match host.interruption() {
+            Some(at) => {
+                let left = (at - chrono::Utc::now()).to_std().unwrap_or_default();
+                deadline.min(tokio::time::Instant::now() + left + Duration::from_secs(5))
+            }
+            None => deadline,
+        };
         if tokio::time::Instant::now() >= deadline {
             tracing::warn!(
                 sessions = left.len(),

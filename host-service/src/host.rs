@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
+use crate::resources::gpus::{self, GpuAllocator};
 use berth_common::grant::GrantVerifier;
 use berth_common::{HostId, SessionId};
 use tokio::sync::{watch, Notify};
@@ -26,6 +27,7 @@ use crate::session::Session;
 pub struct Resources {
     pub ttys: TtyAllocator,
     pub ports: PortAllocator,
+    pub gpus: GpuAllocator,
 }
 
 #[derive(Debug)]
@@ -53,6 +55,8 @@ pub struct Host {
     pub warming: AtomicUsize,
     /// Poked whenever the warm pool may be short.
     pub refill: Notify,
+    /// When EC2 takes this instance back (a spot interruption notice).
+    interruption: std::sync::OnceLock<chrono::DateTime<chrono::Utc>>,
     /// True once the host drains: no new warm sessions, no new allocations.
     pub draining: watch::Sender<bool>,
     /// Cancelled when the daemon stops (SIGTERM or the end of a drain).
@@ -81,6 +85,7 @@ impl Host {
         let resources = Resources {
             ttys: TtyAllocator::new(config.tty_range.0.clone()),
             ports: PortAllocator::new(config.port_range.0.clone()),
+            gpus: GpuAllocator::new(gpus::discover(&config.gpus)),
         };
         Self {
             config,
@@ -99,11 +104,22 @@ impl Host {
             sessions: Mutex::new(HashMap::new()),
             warming: AtomicUsize::new(0),
             refill: Notify::new(),
+            interruption: std::sync::OnceLock::new(),
             draining: watch::channel(false).0,
             stop: CancellationToken::new(),
             drained: CancellationToken::new(),
             tasks: TaskTracker::new(),
         }
+    }
+
+    /// When EC2 takes this instance back, if it said so.
+    pub fn interruption(&self) -> Option<chrono::DateTime<chrono::Utc>> {
+        self.interruption.get().copied()
+    }
+
+    /// Records the interruption notice's time; false if one was recorded.
+    pub fn set_interruption(&self, at: chrono::DateTime<chrono::Utc>) -> bool {
+        self.interruption.set(at).is_ok()
     }
 
     pub fn runtime(&self) -> Arc<RuntimeSpec> {

@@ -22,6 +22,7 @@ pub mod registry;
 pub mod resources;
 pub mod runtime;
 pub mod session;
+pub mod spot;
 pub mod upstream;
 pub mod warm_pool;
 pub mod watch;

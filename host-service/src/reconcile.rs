@@ -10,7 +10,7 @@ use std::sync::Arc;
 use berth_common::host_api::SessionState;
 use berth_common::{SessionId, SessionStatus};
 
-use crate::docker::{label, LABEL_PORTS, LABEL_RUNTIME, LABEL_SESSION, LABEL_TTY};
+use crate::docker::{label, LABEL_GPUS, LABEL_PORTS, LABEL_RUNTIME, LABEL_SESSION, LABEL_TTY};
 use crate::host::Host;
 use crate::resources::PortMapping;
 use crate::session::dir::SessionPaths;
@@ -97,6 +97,9 @@ async fn adopt(
     let ports: Vec<PortMapping> = label(container, LABEL_PORTS)
         .and_then(|p| serde_json::from_str(p).ok())
         .unwrap_or_default();
+    let gpus: Vec<String> = label(container, LABEL_GPUS)
+        .and_then(|g| serde_json::from_str(g).ok())
+        .unwrap_or_default();
     let owner = row
         .user_id
         .zip(row.token_sha256)
@@ -117,9 +120,13 @@ async fn adopt(
     {
         let mut resources = host.resources();
         let tty_ok = tty.is_none_or(|t| resources.ttys.reserve(t));
-        if !tty_ok || !resources.ports.reserve(&ports) {
+        let ports_ok = tty_ok && resources.ports.reserve(&ports);
+        if !ports_ok || !resources.gpus.reserve(&gpus) {
             if let Some(t) = tty.filter(|_| tty_ok) {
                 resources.ttys.release(t);
+            }
+            if ports_ok {
+                resources.ports.release(&ports);
             }
             return false;
         }
@@ -138,7 +145,8 @@ async fn adopt(
         container_ip,
         None,
         phase,
-    );
+    )
+    .with_gpus(gpus);
     // The lifetime it was given when it was finished, kept by this daemon.
     let facts_dir = session.paths.facts.clone();
     let facts =

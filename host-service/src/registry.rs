@@ -76,6 +76,8 @@ pub struct Endpoint<'a> {
     pub api_port: u16,
     pub cert_sha256: &'a str,
     pub version: &'a str,
+    /// The GPU device ids sessions can be given.
+    pub gpus: &'a [String],
 }
 
 /// Registers with the control plane (see [`ControlPlane::register`]).
@@ -97,6 +99,7 @@ pub async fn register(
         version: endpoint.version.to_owned(),
         // Made and kept by the client just before it registers.
         credential_sha256: None,
+        gpus: endpoint.gpus.to_vec(),
     };
     let answer = control
         .register(&request, stop)

@@ -9,6 +9,7 @@ use berth_common::host_api::RuntimeRow;
 use serde::Deserialize;
 
 use crate::control::{ControlError, ControlPlane};
+use crate::resources::gpus::{GpuDriver, GpuNeed};
 use crate::resources::ports::ContainerPort;
 
 /// How the host knows a session's app is ready to serve.
@@ -89,6 +90,9 @@ pub struct RuntimeSpec {
     pub max_lifetime: Option<Duration>,
     /// How long before an idle or lifetime end the session is warned.
     pub end_warning: Option<Duration>,
+    /// GPUs each session gets, and how they are handed to the container.
+    pub gpus: GpuNeed,
+    pub gpu_driver: GpuDriver,
     pub init: Option<InitCall>,
     pub user_volume: Option<UserVolume>,
     pub egress: Egress,
@@ -188,6 +192,17 @@ impl RuntimeSpec {
                     format!("{:?} is neither open nor none", row.egress),
                 )
             })?;
+        let gpus = GpuNeed::parse(&row.gpus).map_err(|why| RuntimeError::Invalid {
+            name: row.name.clone(),
+            field: "gpus",
+            why,
+        })?;
+        let gpu_driver =
+            GpuDriver::parse(&row.gpu_driver).map_err(|why| RuntimeError::Invalid {
+                name: row.name.clone(),
+                field: "gpu_driver",
+                why,
+            })?;
         Ok(Self {
             name: row.name,
             image: row.image,
@@ -209,6 +224,8 @@ impl RuntimeSpec {
             end_warning: row
                 .idle_warning_s
                 .map(|s| Duration::from_secs(s.max(1) as u64)),
+            gpus,
+            gpu_driver,
             init,
             user_volume,
             egress,
@@ -290,6 +307,8 @@ mod tests {
             idle_timeout_s: None,
             max_lifetime_s: None,
             idle_warning_s: None,
+            gpus: "0".into(),
+            gpu_driver: "nvidia".into(),
             init: None,
             user_volume: None,
             egress: "open".into(),

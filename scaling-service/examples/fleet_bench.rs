@@ -790,6 +790,7 @@ async fn host_main(
         version: "fleet-bench".into(),
         // The control plane makes the credential and answers it.
         credential_sha256: None,
+        gpus: vec![],
     };
     let registered: RegisterResponse = fleet.post("/v1/host/register", &token, &facts).await?;
     let credential = registered

@@ -160,7 +160,9 @@ fn assign_error(e: AssignError) -> ApiError {
         AssignError::RegionNotEnabled(_) => (StatusCode::BAD_REQUEST, "REGION_NOT_ENABLED"),
         AssignError::UserLimit(_) => (StatusCode::TOO_MANY_REQUESTS, "USER_LIMIT"),
         AssignError::CommitMismatch(_) => (StatusCode::CONFLICT, "COMMIT_MISMATCH"),
-        AssignError::NoCapacity => (StatusCode::SERVICE_UNAVAILABLE, "NO_CAPACITY"),
+        AssignError::NoCapacity | AssignError::NoGpuCapacity { .. } => {
+            (StatusCode::SERVICE_UNAVAILABLE, "NO_CAPACITY")
+        }
         AssignError::Ending => (StatusCode::CONFLICT, "SESSION_ENDING"),
         AssignError::Db(_) => (StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL"),
     };
@@ -183,7 +185,10 @@ async fn post_session(
     let request = parse_assign(&body, whist)?;
     let outcome = match scaler.assign(&user, &request).await {
         Some(outcome) => outcome.map_err(|e| {
-            if matches!(e, AssignError::NoCapacity) {
+            if matches!(
+                e,
+                AssignError::NoCapacity | AssignError::NoGpuCapacity { .. }
+            ) {
                 // Demand the buffer did not meet: let the controllers look now.
                 for region in &request.regions {
                     scaler.wake(region);

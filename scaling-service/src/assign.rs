@@ -58,6 +58,8 @@ pub enum AssignError {
         "no free session in the requested regions right now; more are starting, retry shortly"
     )]
     NoCapacity,
+    #[error("runtime {runtime} needs {gpus} GPU(s) per session and no host with that many GPUs in these regions has a warm session; GPU hosts come from instance types with gpus")]
+    NoGpuCapacity { runtime: String, gpus: String },
     #[error("this client_session_id's session is ending; retry with a new one")]
     Ending,
     #[error(transparent)]
@@ -166,32 +168,35 @@ async fn assign_once(
         }
     }
     // Regions, runtime and the user's limit in one round trip.
-    let (enabled, runtime_exists, limit, used): (Vec<String>, bool, i32, i64) = sqlx::query_as(
-        "SELECT ARRAY(SELECT name FROM regions WHERE name = ANY($2) AND enabled), \
-                EXISTS (SELECT 1 FROM runtimes WHERE name = $3), \
+    let (enabled, runtime_gpus, limit, used): (Vec<String>, Option<String>, i32, i64) =
+        sqlx::query_as(
+            "SELECT ARRAY(SELECT name FROM regions WHERE name = ANY($2) AND enabled), \
+                (SELECT gpus FROM runtimes WHERE name = $3), \
                 coalesce((SELECT max_sessions FROM limits WHERE user_id = $1), \
                          (SELECT max_sessions FROM limits WHERE user_id = '*'), 3), \
                 (SELECT count(*) FROM sessions WHERE user_id = $1 AND status <> 'DYING')",
-    )
-    .bind(user)
-    .bind(&request.regions)
-    .bind(&request.runtime)
-    .fetch_one(&mut *tx)
-    .await
-    .map_err(q("checking regions, runtime and the user's limit"))?;
+        )
+        .bind(user)
+        .bind(&request.regions)
+        .bind(&request.runtime)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(q("checking regions, runtime and the user's limit"))?;
     if let Some(missing) = request.regions.iter().find(|r| !enabled.contains(r)) {
         return Err(AssignError::RegionNotEnabled(missing.clone()));
     }
-    if !runtime_exists {
+    let Some(runtime_gpus) = runtime_gpus else {
         return Err(AssignError::UnknownRuntime(request.runtime.clone()));
-    }
+    };
+    // A GPU runtime goes only to hosts with at least that many GPUs.
+    let min_gpus = gpus_needed(&runtime_gpus);
     if used >= i64::from(limit) {
         return Err(AssignError::UserLimit(used));
     }
     let token = new_session_token();
     for region in &request.regions {
         if let Some((session_id, host)) =
-            allocate_at_once(&mut tx, user, request, region, &token.sha256_hex).await?
+            allocate_at_once(&mut tx, user, request, region, &token.sha256_hex, min_gpus).await?
         {
             tx.commit().await.map_err(q("committing the assign"))?;
             return Ok(Assigned {
@@ -203,8 +208,14 @@ async fn assign_once(
             });
         }
     }
-    let (session_id, host_id) = match pick(&mut tx, request).await? {
+    let (session_id, host_id) = match pick(&mut tx, request, min_gpus).await? {
         Some(picked) => picked,
+        None if min_gpus > 0 => {
+            return Err(AssignError::NoGpuCapacity {
+                runtime: request.runtime.clone(),
+                gpus: runtime_gpus,
+            })
+        }
         None => return Err(no_capacity_reason(&mut tx, request).await?),
     };
     // The slot and the session in one statement: no slot, no allocation.
@@ -303,11 +314,13 @@ async fn allocate_at_once(
     request: &AssignRequest,
     region: &str,
     token_sha256: &str,
+    min_gpus: i32,
 ) -> Result<Option<(Uuid, HostInfo)>, AssignError> {
     let allocated: Option<AllocatedAtOnce> = sqlx::query_as(
         "WITH picked AS (SELECT h.id FROM hosts h \
              JOIN images i ON i.region = h.region AND i.image_id = h.image_id AND i.status = 'CURRENT' \
              WHERE h.status = 'ACTIVE' AND h.free_slots > 0 AND h.region = $1 AND ($2 = '' OR h.client_sha = $2) \
+               AND h.gpus >= $7 \
                AND EXISTS (SELECT 1 FROM sessions s WHERE s.host_id = h.id AND s.runtime = $3 AND s.status = 'WAITING') \
              ORDER BY h.free_slots, h.id LIMIT 1 FOR UPDATE OF h SKIP LOCKED), \
          warm AS (SELECT s.id, s.host_id FROM sessions s JOIN picked ON picked.id = s.host_id \
@@ -326,6 +339,7 @@ async fn allocate_at_once(
     .bind(user)
     .bind(&request.client_session_id)
     .bind(token_sha256)
+    .bind(min_gpus)
     .fetch_optional(&mut *tx)
     .await
     .map_err(q("allocating a session"))?;
@@ -343,11 +357,12 @@ async fn pick_host(
     tx: &mut PgConnection,
     request: &AssignRequest,
     tried: &[String],
+    min_gpus: i32,
 ) -> Result<Option<String>, AssignError> {
     let sql = "SELECT h.id FROM hosts h \
          JOIN images i ON i.region = h.region AND i.image_id = h.image_id AND i.status = 'CURRENT' \
          WHERE h.status = 'ACTIVE' AND h.free_slots > 0 AND h.region = $1 AND ($2 = '' OR h.client_sha = $2) \
-           AND NOT (h.id = ANY($4)) \
+           AND NOT (h.id = ANY($4)) AND h.gpus >= $5 \
            AND EXISTS (SELECT 1 FROM sessions s WHERE s.host_id = h.id AND s.runtime = $3 AND s.status = 'WAITING') \
          ORDER BY h.free_slots, h.id \
          LIMIT 1 FOR UPDATE OF h SKIP LOCKED";
@@ -357,6 +372,7 @@ async fn pick_host(
             .bind(&request.client_commit)
             .bind(&request.runtime)
             .bind(tried)
+            .bind(min_gpus)
             .fetch_optional(&mut *tx)
             .await
             .map_err(q("picking a host"))?;
@@ -379,12 +395,16 @@ const MAX_HOSTS_TRIED: usize = 8;
 async fn pick(
     tx: &mut PgConnection,
     request: &AssignRequest,
+    min_gpus: i32,
 ) -> Result<Option<(Uuid, String)>, AssignError> {
     let mut tried: Vec<String> = vec![];
     let mut pause = std::time::Duration::from_millis(1);
     while tried.len() < MAX_HOSTS_TRIED {
-        let Some(host) = pick_host(tx, request, &tried).await? else {
-            if !tried.is_empty() || pause > MAX_PICK_PAUSE || !any_candidate(tx, request).await? {
+        let Some(host) = pick_host(tx, request, &tried, min_gpus).await? else {
+            if !tried.is_empty()
+                || pause > MAX_PICK_PAUSE
+                || !any_candidate(tx, request, min_gpus).await?
+            {
                 return Ok(None);
             }
             tokio::time::sleep(pause).await;
@@ -408,22 +428,34 @@ async fn pick(
 }
 
 /// Back-off for a fully locked candidate set: 1, 2, 4 … 32 ms.
+/// The fewest GPUs a host needs for a runtime asking for `gpus` per
+/// session (`0`, a count, or `all`).
+fn gpus_needed(gpus: &str) -> i32 {
+    match gpus {
+        "all" => 1,
+        n => n.parse().unwrap_or(0),
+    }
+}
+
 const MAX_PICK_PAUSE: std::time::Duration = std::time::Duration::from_millis(32);
 
 /// Whether any host would qualify if none were locked (no lock taken).
 async fn any_candidate(
     tx: &mut PgConnection,
     request: &AssignRequest,
+    min_gpus: i32,
 ) -> Result<bool, AssignError> {
     sqlx::query_scalar(
         "SELECT EXISTS (SELECT 1 FROM hosts h \
          JOIN images i ON i.region = h.region AND i.image_id = h.image_id AND i.status = 'CURRENT' \
          WHERE h.status = 'ACTIVE' AND h.free_slots > 0 AND h.region = ANY($1) AND ($2 = '' OR h.client_sha = $2) \
+           AND h.gpus >= $4 \
            AND EXISTS (SELECT 1 FROM sessions s WHERE s.host_id = h.id AND s.runtime = $3 AND s.status = 'WAITING'))",
     )
     .bind(&request.regions)
     .bind(&request.client_commit)
     .bind(&request.runtime)
+    .bind(min_gpus)
     .fetch_one(&mut *tx)
     .await
     .map_err(q("looking for candidate hosts"))

@@ -29,14 +29,7 @@ pub struct Service {
 pub async fn start(config: Config) -> Result<Service, Error> {
     let provider: Arc<dyn Provider> = match config.provider {
         ProviderKind::Aws => Arc::new(AwsProvider::new(config.ec2_endpoint.clone()).await),
-        ProviderKind::Local => Arc::new(LocalProvider::new(LocalSettings {
-            binary: config.local_host_binary.clone(),
-            dir: config.local_dir.clone(),
-            environment: config.common.environment.clone(),
-            runtime: config.local_runtime.clone(),
-            heartbeat_secs: config.heartbeat_secs,
-            log_filter: config.common.log_filter.clone(),
-        })?),
+        ProviderKind::Local => Arc::new(LocalProvider::new(LocalSettings::of(&config))?),
     };
     start_with_provider(config, provider).await
 }

@@ -57,12 +57,13 @@ pub async fn region(db: &PgPool, name: &str) -> Result<Option<RegionRow>, DbErro
 }
 
 pub async fn capacity_of(db: &PgPool, instance_type: &str) -> Result<i32, StateError> {
-    let capacity: Option<i32> =
-        sqlx::query_scalar("SELECT capacity FROM instance_types WHERE name = $1")
-            .bind(instance_type)
-            .fetch_optional(db)
-            .await
-            .map_err(DbError::query("reading an instance type"))?;
+    let capacity: Option<i32> = sqlx::query_scalar(
+        "SELECT instance_capacity(capacity, vcpus, gpus) FROM instance_types WHERE name = $1",
+    )
+    .bind(instance_type)
+    .fetch_optional(db)
+    .await
+    .map_err(DbError::query("reading an instance type"))?;
     capacity.ok_or_else(|| StateError::UnknownInstanceType(instance_type.to_owned()))
 }
 
@@ -116,7 +117,7 @@ pub async fn view(
             .await
             .map_err(DbError::query("reading a region's hosts"))?;
     let launches: Vec<LaunchRow> = sqlx::query_as(
-        "SELECT l.image_id, l.count, t.capacity FROM launches l LEFT JOIN instance_types t ON t.name = l.instance_type \
+        "SELECT l.image_id, l.count, instance_capacity(t.capacity, t.vcpus, t.gpus) AS capacity FROM launches l LEFT JOIN instance_types t ON t.name = l.instance_type \
          WHERE l.region = $1 AND l.state = 'PENDING'",
     )
     .bind(&region.name)

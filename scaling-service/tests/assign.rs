@@ -517,3 +517,82 @@ async fn every_bad_request_gets_its_typed_error_and_the_api_behaves() {
     svc.stop().await;
     db.drop_database().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gpu_runtime_goes_only_to_hosts_with_enough_gpus() {
+    let db = TestDb::new().await;
+    warm_hosts(&db, 2, 4).await;
+    // Both hosts keep warm sessions of a runtime wanting 2 GPUs; only the
+    // second has 2 (the first, with 1, would win the tie on id otherwise).
+    sqlx::query(
+        "INSERT INTO runtimes (name, image, gpus) VALUES ('cuda', 'berth-test-app:1', '2')",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    sqlx::query("UPDATE hosts SET gpus = CASE id WHEN 'i-00000002' THEN 2 ELSE 1 END")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    sqlx::query("INSERT INTO sessions (id, host_id, runtime) SELECT gen_random_uuid(), h.id, 'cuda' FROM hosts h, generate_series(1, 2)")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let cuda = |user: &str| {
+        let user = user.to_owned();
+        let db = db.pool.clone();
+        async move {
+            let request = AssignRequest {
+                runtime: "cuda".into(),
+                ..request(None)
+            };
+            assign(&db, &user, &request).await
+        }
+    };
+    for user in ["g0", "g1"] {
+        let assigned = cuda(user).await.unwrap();
+        assert_eq!(assigned.host.id, "i-00000002", "only the host with 2 GPUs");
+    }
+    match cuda("g2").await {
+        Err(e @ AssignError::NoGpuCapacity { .. }) => {
+            let reason = e.to_string();
+            assert!(reason.contains("2 GPU(s)"), "{reason}");
+        }
+        other => panic!("a GPU runtime's assign with no GPU host left: {other:?}"),
+    }
+    let cuda_sessions_on_the_small_host: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM sessions WHERE host_id = 'i-00000001' AND runtime = 'cuda' AND status = 'WAITING'",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(cuda_sessions_on_the_small_host, 2, "never handed out");
+    // A runtime without GPUs still goes anywhere.
+    assert!(assign(&db.pool, "d0", &request(None)).await.is_ok());
+    db.drop_database().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_types_capacity_follows_the_gpu_rule_unless_given() {
+    let db = TestDb::new().await;
+    sqlx::query(
+        "INSERT INTO instance_types (name, vcpus, gpus, memory_mib, capacity) VALUES \
+         ('g4dn.12xlarge', 48, 4, 196608, NULL), ('g5.4xlarge', 16, 1, 65536, NULL), \
+         ('c5.4xlarge', 16, 0, 32768, NULL), ('g5.48xlarge', 192, 8, 786432, 10)",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    for (name, want) in [
+        ("g4dn.12xlarge", 12), // min(4 × 3, 48 ÷ 4)
+        ("g5.4xlarge", 3),     // min(1 × 3, 16 ÷ 4)
+        ("c5.4xlarge", 8),     // 16 ÷ 2
+        ("g5.48xlarge", 10),   // given explicitly
+    ] {
+        let got = scaling_service::state::capacity_of(&db.pool, name)
+            .await
+            .unwrap();
+        assert_eq!(got, want, "{name}");
+    }
+    db.drop_database().await;
+}

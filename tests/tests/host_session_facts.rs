@@ -137,6 +137,11 @@ async fn the_app_reads_its_own_facts_and_cannot_change_them() {
         serde_json::from_str::<Value>(&label("berth.uinput")).unwrap()
     );
     assert_eq!(
+        facts["gpus"],
+        serde_json::json!([]),
+        "no GPUs on this runtime"
+    );
+    assert_eq!(
         facts["deadlines"]["idle_timeout_s"], 600,
         "deadlines: {facts}"
     );

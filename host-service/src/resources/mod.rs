@@ -3,6 +3,7 @@
 //! restarted daemon can rebuild the tables from Docker alone.
 
 pub mod devices;
+pub mod gpus;
 pub mod ports;
 pub mod ttys;
 pub mod uinput;

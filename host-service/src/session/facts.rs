@@ -35,6 +35,8 @@ pub struct SessionFacts {
     pub tty: Option<u8>,
     /// Input event nodes handed to the session (uinput).
     pub devices: Vec<String>,
+    /// GPU device ids handed to the session.
+    pub gpus: Vec<String>,
     pub deadlines: Deadlines,
 }
 
@@ -57,6 +59,18 @@ pub enum EndReason {
     Idle,
     /// Its runtime's lifetime is over (ends as LIFETIME).
     Lifetime,
+    /// EC2 takes the instance back (a spot interruption; ends as INTERRUPTED).
+    Interruption,
+}
+
+impl EndReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EndReason::Idle => "IDLE",
+            EndReason::Lifetime => "LIFETIME",
+            EndReason::Interruption => "INTERRUPTION",
+        }
+    }
 }
 
 /// `/berth/warning.json` while an end is announced.
@@ -139,6 +153,7 @@ mod tests {
             ports: vec![],
             tty: Some(12),
             devices: vec![],
+            gpus: vec![],
             deadlines: Deadlines {
                 idle_timeout_s: Some(60),
                 idle_warning_s: Some(10),

@@ -425,6 +425,7 @@ fn session_facts(host: &Host, session: &Session) -> facts::SessionFacts {
         ports: session.ports.clone(),
         tty: session.tty,
         devices: session.input_event_nodes(),
+        gpus: session.gpus.clone(),
         deadlines: facts::Deadlines {
             idle_timeout_s: rt.idle_timeout.map(|d| d.as_secs()),
             idle_warning_s: rt.end_warning.map(|d| d.as_secs()),

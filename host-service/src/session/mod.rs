@@ -82,6 +82,8 @@ pub struct Session {
     /// A teardown is running now. Cleared when one fails, so a later resync
     /// can retry it (the phase stays DYING either way).
     pub tearing_down: std::sync::atomic::AtomicBool,
+    /// GPU device ids of this session (its `berth.gpus` label).
+    pub gpus: Vec<String>,
     lifetime_ends_at: Mutex<Option<chrono::DateTime<chrono::Utc>>>,
     warning: Mutex<Option<facts::EndWarning>>,
 }
@@ -113,9 +115,16 @@ impl Session {
             phase: Mutex::new(phase),
             claim_lock: tokio::sync::Mutex::new(()),
             tearing_down: std::sync::atomic::AtomicBool::new(false),
+            gpus: Vec::new(),
             lifetime_ends_at: Mutex::new(None),
             warning: Mutex::new(None),
         }
+    }
+
+    /// The session with these GPUs (taken from the host's ledger).
+    pub fn with_gpus(mut self, gpus: Vec<String>) -> Self {
+        self.gpus = gpus;
+        self
     }
 
     /// When the session's lifetime ends (set when it is finished for its user).

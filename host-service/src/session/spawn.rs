@@ -24,6 +24,13 @@ pub enum SpawnError {
     NoTty,
     #[error("no free host ports in BERTH_PORT_RANGE for {0} container ports; widen the range")]
     NoPorts(usize),
+    #[error("runtime {runtime} needs {need:?} GPUs per session and this host has {free} free of {total} (BERTH_GPUS); run it on a GPU instance type")]
+    NoGpus {
+        runtime: String,
+        need: crate::resources::gpus::GpuNeed,
+        free: usize,
+        total: usize,
+    },
     #[error("creating session directories under {dir}: {source}")]
     Dirs {
         dir: String,
@@ -45,6 +52,7 @@ struct Partial<'a> {
     runtime: Arc<RuntimeSpec>,
     tty: Option<u8>,
     ports: Vec<PortMapping>,
+    gpus: Vec<String>,
     paths: Option<SessionPaths>,
     input: Option<SessionInput>,
     container: Option<String>,
@@ -68,6 +76,7 @@ impl Partial<'_> {
             resources.ttys.release(tty);
         }
         resources.ports.release(&self.ports);
+        resources.gpus.release(&self.gpus);
     }
 }
 
@@ -88,6 +97,7 @@ impl Partial<'_> {
             self.input,
             Phase::Waiting,
         )
+        .with_gpus(self.gpus)
     }
 }
 
@@ -98,6 +108,7 @@ pub async fn spawn_warm(host: &Arc<Host>) -> Result<Arc<Session>, SpawnError> {
         runtime: host.runtime(),
         tty: None,
         ports: vec![],
+        gpus: vec![],
         paths: None,
         input: None,
         container: None,
@@ -142,6 +153,16 @@ async fn build(
             .ports
             .allocate(&rt.ports)
             .ok_or(SpawnError::NoPorts(rt.ports.len()))?;
+        let (total, free) = (resources.gpus.count(), resources.gpus.free());
+        partial.gpus = resources
+            .gpus
+            .allocate(rt.gpus)
+            .ok_or_else(|| SpawnError::NoGpus {
+                runtime: rt.name.clone(),
+                need: rt.gpus,
+                free,
+                total,
+            })?;
     }
     let paths = SessionPaths::new(&host.config, id);
     paths.create().map_err(|source| SpawnError::Dirs {
@@ -169,6 +190,7 @@ async fn build(
         sockets_dir: &paths.sockets,
         logs_dir: &paths.logs,
         read_only_files: &facts::mounts(&paths.facts),
+        gpus: &partial.gpus,
         volume_dir: &paths.volume,
         publish_ip: host.config.publish_ip,
         cap_add: &host.config.cap_add,

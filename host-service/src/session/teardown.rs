@@ -28,6 +28,9 @@ impl Ending {
     pub fn lifetime(reason: impl Into<String>) -> Self {
         Self::new(SessionOutcome::Lifetime, reason)
     }
+    pub fn interrupted(reason: impl Into<String>) -> Self {
+        Self::new(SessionOutcome::Interrupted, reason)
+    }
     pub fn deleted(reason: impl Into<String>) -> Self {
         Self::new(SessionOutcome::Deleted, reason)
     }
@@ -124,6 +127,7 @@ pub async fn release(host: &Host, session: &Session) -> bool {
             resources.ttys.release(tty);
         }
         resources.ports.release(&session.ports);
+        resources.gpus.release(&session.gpus);
     }
     if let Err(error) = session.paths.remove() {
         tracing::warn!(session = %session.id, %error, "removing session directories failed");

@@ -240,7 +240,7 @@ pub(crate) async fn register(
                 public_ip = $2::inet, private_ip = $3::inet, api_port = $4, cert_sha256 = $5, host_version = $6, \
                 credential_sha256 = coalesce($7, credential_sha256), \
                 bootstrap_sha256 = NULL, bootstrap_expires_at = NULL, \
-                registered_at = coalesce(registered_at, now()), last_heartbeat_at = now() \
+                registered_at = coalesce(registered_at, now()), last_heartbeat_at = now(), gpus = $8 \
          WHERE id = $1 RETURNING status",
     )
     .bind(&host)
@@ -250,6 +250,7 @@ pub(crate) async fn register(
     .bind(&me.cert_sha256)
     .bind(&me.version)
     .bind(new_credential.as_ref().map(Credential::sha256_hex))
+    .bind(i32::try_from(me.gpus.len()).unwrap_or(i32::MAX))
     .fetch_one(&mut *tx)
     .await
     .map_err(failed)?;

@@ -161,7 +161,8 @@ async fn death(
 async fn runtime(scaler: &Scaler, name: &str) -> Result<HttpResponse, ApiError> {
     let row: RuntimeRow = sqlx::query_as(
         "SELECT name, image, ports, env, memory_mib, cpu_shares, shm_mib, needs_tty, needs_uinput, \
-                readiness, ready_timeout_s, idle_timeout_s, max_lifetime_s, idle_warning_s, init, user_volume, egress FROM runtimes WHERE name = $1",
+                readiness, ready_timeout_s, idle_timeout_s, max_lifetime_s, idle_warning_s, init, user_volume, egress, \
+                gpus, gpu_driver FROM runtimes WHERE name = $1",
     )
     .bind(name)
     .fetch_optional(&scaler.db)
@@ -297,10 +298,10 @@ async fn warning(
     notice: EndNotice,
 ) -> Result<HttpResponse, ApiError> {
     let reason = match notice.reason.as_deref() {
-        None | Some("IDLE") | Some("LIFETIME") => notice.reason.as_deref(),
+        None | Some("IDLE") | Some("LIFETIME") | Some("INTERRUPTION") => notice.reason.as_deref(),
         Some(other) => {
             return Err(ApiError::bad_request(format!(
-                "reason {other:?} is not IDLE or LIFETIME"
+                "reason {other:?} is not IDLE, LIFETIME or INTERRUPTION"
             )))
         }
     };

@@ -50,6 +50,20 @@ pub struct LocalSettings {
     pub log_filter: String,
 }
 
+impl LocalSettings {
+    /// The settings the scaler's configuration gives local hosts.
+    pub fn of(config: &crate::config::Config) -> Self {
+        Self {
+            binary: config.local_host_binary.clone(),
+            dir: config.local_dir.clone(),
+            environment: config.common.environment.clone(),
+            runtime: config.local_runtime.clone(),
+            heartbeat_secs: config.heartbeat_secs,
+            log_filter: config.common.log_filter.clone(),
+        }
+    }
+}
+
 #[derive(Debug)]
 pub struct LocalProvider {
     settings: LocalSettings,
@@ -96,6 +110,19 @@ impl LocalProvider {
             .map_err(|e| unavailable("encoding a local instance record", e))?;
         berth_common::atomic_file::write_atomically(&path, &bytes, 0o644)
             .map_err(|e| unavailable("writing a local instance record", e))
+    }
+
+    /// Serves `value` at metadata `path` to the local host `id` (as EC2 would
+    /// a spot notice); `None` removes it. False when this process did not
+    /// start that host.
+    pub fn set_metadata(&self, id: &str, path: &str, value: Option<&str>) -> bool {
+        match self.lock().get(id) {
+            Some((_, imds)) => {
+                imds.set_value(path, value);
+                true
+            }
+            None => false,
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (Child, ImdsServer)>> {

@@ -12,6 +12,7 @@ use berth_testing::TestDb;
 use berth_tests::client::{dev_user_token, Assigned, HostClient, ScalerClient};
 use clap::Parser;
 use scaling_service::config::Cli;
+use scaling_service::provider::local::{LocalProvider, LocalSettings};
 use scaling_service::scaler::Scaler;
 use scaling_service::service::{self, Service};
 use serde_json::json;
@@ -30,6 +31,8 @@ pub fn host_binary() -> PathBuf {
 pub struct System {
     pub db: TestDb,
     pub service: Option<Service>,
+    /// The local provider the scaler launches hosts with.
+    pub local: Arc<LocalProvider>,
     pub url: String,
     pub env: String,
     pub local_dir: PathBuf,
@@ -136,7 +139,9 @@ impl System {
         }
         argv.extend(extra.iter().map(|a| a.to_string()));
         let config = Cli::try_parse_from(&argv).unwrap().config;
-        let service = service::start(config)
+        // Kept, so tests can serve a local host's instance metadata.
+        let local = Arc::new(LocalProvider::new(LocalSettings::of(&config)).unwrap());
+        let service = service::start_with_provider(config, local.clone())
             .await
             .expect("the scaling service starts");
         let url = format!("http://{}", service.addr);
@@ -151,6 +156,7 @@ impl System {
         Self {
             db,
             service: Some(service),
+            local,
             url,
             _hosts: hosts,
             env,
