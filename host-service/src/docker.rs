@@ -469,4 +469,44 @@ mod tests {
             "no GPUs, no request"
         );
     }
+
+    #[test]
+    fn a_gpu_sessions_create_call_names_exactly_its_ledger_ids() {
+        let mut row = crate::runtime::tests::row(
+            serde_json::json!({"tcp": {"port": 8080}}),
+            serde_json::json!({}),
+        );
+        row.gpus = "2".into();
+        let runtime = RuntimeSpec::from_row(row).unwrap();
+        let host = HostId::parse("h-1").unwrap();
+        let ids = vec!["1".to_owned(), "3".to_owned()];
+        let dir = Path::new("/var/lib/berth/x");
+        let spec = ContainerSpec {
+            session: SessionId::new(),
+            host: &host,
+            runtime: &runtime,
+            tty: None,
+            ports: &[],
+            input_nodes: vec![],
+            session_dir: dir,
+            sockets_dir: dir,
+            logs_dir: dir,
+            read_only_files: &[],
+            gpus: &ids,
+            volume_dir: dir,
+            publish_ip: IpAddr::from([127, 0, 0, 1]),
+            cap_add: &[],
+            security_opts: &[],
+        };
+        let body = container_body(&spec);
+        assert_eq!(body.labels.as_ref().unwrap()[LABEL_GPUS], r#"["1","3"]"#);
+        assert_eq!(
+            body.host_config.unwrap().device_requests,
+            gpu_requests(&GpuDriver::Nvidia, &ids)
+        );
+        let none = ContainerSpec { gpus: &[], ..spec };
+        let body = container_body(&none);
+        assert!(!body.labels.unwrap().contains_key(LABEL_GPUS));
+        assert_eq!(body.host_config.unwrap().device_requests, None);
+    }
 }

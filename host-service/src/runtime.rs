@@ -132,7 +132,7 @@ impl RuntimeSpec {
         Self::from_row(row)
     }
 
-    fn from_row(row: Row) -> Result<Self, RuntimeError> {
+    pub(crate) fn from_row(row: Row) -> Result<Self, RuntimeError> {
         let invalid = |field, why: String| RuntimeError::Invalid {
             name: row.name.clone(),
             field,
@@ -278,7 +278,7 @@ fn check_container_path(path: &str) -> Result<(), String> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     #[test]
     fn only_plain_relative_paths_are_accepted() {
         assert!(check_relative_name("ready").is_ok());
@@ -291,7 +291,8 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn row(readiness: serde_json::Value, env: serde_json::Value) -> Row {
+    /// A runtime row to vary in tests.
+    pub(crate) fn row(readiness: serde_json::Value, env: serde_json::Value) -> Row {
         Row {
             name: "t".into(),
             image: "berth-test-app:1".into(),

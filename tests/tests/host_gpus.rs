@@ -118,3 +118,90 @@ async fn a_host_without_gpus_starts_no_session_of_a_gpu_runtime() {
     );
     th.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_daemon_adopts_a_gpu_sessions_ids_and_frees_them_when_it_ends() {
+    let db = TestDb::new().await;
+    sqlx::query("INSERT INTO runtimes (name, image, gpus) VALUES ('cuda', $1, '1')")
+        .bind(test_image())
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let mut th = start_host(
+        &db,
+        HostArgs {
+            capacity: 2,
+            runtime: "cuda",
+            extra: vec!["--gpus".into(), "0,1".into()],
+        },
+    )
+    .await;
+    th.daemon.take().unwrap().stop().await;
+
+    // A GPU session as a GPU host's daemon leaves it when it stops: its row
+    // RUNNING, its container labelled with its GPU (made here without the
+    // device request, which this machine's engine cannot start).
+    let id = uuid::Uuid::new_v4();
+    let token = berth_common::auth::new_session_token();
+    sqlx::query(
+        "INSERT INTO sessions (id, host_id, runtime, status, user_id, token_sha256, allocated_at) \
+         VALUES ($1, $2, 'cuda', 'RUNNING', 'gus', $3, now())",
+    )
+    .bind(id)
+    .bind(&th.host_id)
+    .bind(&token.sha256_hex)
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    sqlx::query("UPDATE hosts SET free_slots = free_slots - 1 WHERE id = $1")
+        .bind(&th.host_id)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    docker(&[
+        "run",
+        "-d",
+        "--name",
+        &format!("berth-{id}"),
+        "--label",
+        &format!("berth.session={id}"),
+        "--label",
+        &format!("berth.host={}", th.host_id),
+        "--label",
+        "berth.runtime=cuda",
+        "--label",
+        "berth.ports=[]",
+        "--label",
+        r#"berth.gpus=["1"]"#,
+        &test_image(),
+    ]);
+
+    let th = start_with(th.args.clone(), th.host_id.clone(), th.state_dir.clone()).await;
+    let session = th
+        .host
+        .session(berth_common::SessionId(id))
+        .expect("the GPU session is adopted");
+    assert_eq!(session.gpus, vec!["1".to_owned()]);
+    assert!(
+        !th.host.resources().gpus.reserve(&["1".to_owned()]),
+        "its GPU is taken in the restarted daemon's ledger"
+    );
+    drop(session);
+
+    let ended = th.delete_session(&token.token, id).await;
+    assert!(ended.status().is_success(), "{}", ended.status());
+    eventually(
+        "the ended session's GPU to be free again",
+        std::time::Duration::from_secs(20),
+        || async {
+            let mut resources = th.host.resources();
+            let free = resources.gpus.reserve(&["1".to_owned()]);
+            if free {
+                resources.gpus.release(&["1".to_owned()]);
+            }
+            free
+        },
+    )
+    .await;
+    th.cleanup().await;
+}

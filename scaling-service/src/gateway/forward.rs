@@ -78,8 +78,11 @@ async fn tls_connect(
     target: &HostTarget,
     alpn: &[u8],
 ) -> Result<tokio_rustls::client::TlsStream<TcpStream>, ApiError> {
-    let mut config = berth_common::tls::pinned_client_config(&target.cert_sha256)
-        .map_err(|e| unreachable(target, e))?;
+    let mut config = berth_common::tls::pinned_client_config_with(
+        &target.cert_sha256,
+        berth_common::tls::bulk_provider(),
+    )
+    .map_err(|e| unreachable(target, e))?;
     config.alpn_protocols = vec![alpn.to_vec()];
     let tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(target.addr))
         .await
