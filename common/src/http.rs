@@ -84,6 +84,14 @@ impl ApiError {
                 .headers_mut()
                 .insert(header::ALLOW, header::HeaderValue::from_static(allow));
         }
+        // The body was not read to its end: this connection cannot carry
+        // another request, and a client that reused it would see it cut.
+        if self.status == StatusCode::PAYLOAD_TOO_LARGE {
+            response.headers_mut().insert(
+                header::CONNECTION,
+                header::HeaderValue::from_static("close"),
+            );
+        }
         response
     }
 }
@@ -435,6 +443,14 @@ impl<IO: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for FirstByteDeadl
 mod tests {
     use super::*;
     use http::HeaderMap;
+
+    #[test]
+    fn a_refused_oversized_body_closes_its_connection() {
+        let big = ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "PAYLOAD_TOO_LARGE", "x");
+        assert_eq!(big.into_response().headers()[header::CONNECTION], "close");
+        let other = ApiError::bad_request("x").into_response();
+        assert!(other.headers().get(header::CONNECTION).is_none());
+    }
 
     #[test]
     fn hop_by_hop_headers_do_not_cross() {
