@@ -98,11 +98,13 @@ async fn boot(
         addr: config.api_addr,
         source,
     })?;
+    // Registered and then handed out: read once.
+    let gpu_ids = resources::gpus::discover(&config.gpus);
     let endpoint = Endpoint {
         api_port: api_addr.port(),
         cert_sha256: &identity.sha256_hex,
         version: env!("CARGO_PKG_VERSION"),
-        gpus: &resources::gpus::discover(&config.gpus),
+        gpus: &gpu_ids,
     };
     // Not yet the daemon's own stop: a stop before the host exists ends the wait.
     let registration =
@@ -137,6 +139,7 @@ async fn boot(
         user_data,
         cookies,
         registration.grants.clone(),
+        gpu_ids,
     ));
     reconcile::reconcile(&host).await?;
     host.tasks.spawn(api::serve(host.clone(), listener, tls));

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
-use crate::resources::gpus::{self, GpuAllocator};
+use crate::resources::gpus::GpuAllocator;
 use berth_common::grant::GrantVerifier;
 use berth_common::{HostId, SessionId};
 use tokio::sync::{watch, Notify};
@@ -81,11 +81,12 @@ impl Host {
         user_data: Option<UserData>,
         cookies: CookieSigner,
         grants: Option<GrantVerifier>,
+        gpus: Vec<String>,
     ) -> Self {
         let resources = Resources {
             ttys: TtyAllocator::new(config.tty_range.0.clone()),
             ports: PortAllocator::new(config.port_range.0.clone()),
-            gpus: GpuAllocator::new(gpus::discover(&config.gpus)),
+            gpus: GpuAllocator::new(gpus),
         };
         Self {
             config,

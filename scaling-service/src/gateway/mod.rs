@@ -233,8 +233,8 @@ async fn serve(
         .unwrap_or("/");
     let upstream_path = format!("/sessions/{}/proxy/{port}{path_and_query}", address.session);
     let traffic = Traffic {
-        up: bytes_counter(&scaler.metrics, "up"),
-        down: bytes_counter(&scaler.metrics, "down"),
+        up: scaler.metrics.gateway_bytes_up.clone(),
+        down: scaler.metrics.gateway_bytes_down.clone(),
         upgrades: scaler.metrics.gateway_upgrades.clone(),
     };
     let destination = Destination {
@@ -249,16 +249,6 @@ async fn serve(
         gateway.routes.forget(address.session);
     }
     sent
-}
-
-fn bytes_counter(
-    metrics: &Metrics,
-    direction: &str,
-) -> prometheus_client::metrics::counter::Counter {
-    metrics
-        .gateway_bytes
-        .get_or_create(&vec![("direction".to_owned(), direction.to_owned())])
-        .clone()
 }
 
 /// Whether the browser says the request comes from a page of another origin
