@@ -127,6 +127,16 @@ pub struct EndNotice {
     pub message: Option<String>,
 }
 
+/// `POST /v1/host/sessions/{id}/login`: a browser's login at the host's
+/// proxy, for the audit trail.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LoginReport {
+    /// The client's address as the proxy saw it.
+    pub address: Option<String>,
+    /// Whether the token was the session's.
+    pub accepted: bool,
+}
+
 /// `GET /v1/host/sessions/{id}/init`.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SealedInit {

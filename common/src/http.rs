@@ -267,6 +267,18 @@ const TOO_MANY_CONNECTIONS: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nconten
 /// `limits`, the first byte and then the headers must arrive in time (hyper's
 /// own header timer starts only once a byte has come); in-flight requests get
 /// 5 s when stopping.
+/// The TCP peer of a request (a request extension `serve` sets): the client,
+/// or the proxy in front of it.
+#[derive(Debug, Clone, Copy)]
+pub struct PeerAddr(pub std::net::SocketAddr);
+
+/// The peer address of a request `serve` accepted, as text.
+pub fn peer_address<B>(req: &Request<B>) -> Option<String> {
+    req.extensions()
+        .get::<PeerAddr>()
+        .map(|p| p.0.ip().to_string())
+}
+
 pub async fn serve<A, AFut, IO, H, HFut, B>(
     listener: tokio::net::TcpListener,
     stop: tokio_util::sync::CancellationToken,
@@ -294,10 +306,10 @@ pub async fn serve<A, AFut, IO, H, HFut, B>(
     builder.http2().timer(TokioTimer::new());
     let builder = std::sync::Arc::new(builder);
     loop {
-        let tcp = tokio::select! {
+        let (tcp, peer) = tokio::select! {
             _ = stop.cancelled() => break,
             accepted = listener.accept() => match accepted {
-                Ok((tcp, _)) => tcp,
+                Ok(accepted) => accepted,
                 Err(error) => {
                     // EMFILE and friends: pause instead of spinning.
                     tracing::warn!(%error, "accepting a connection failed");
@@ -320,10 +332,12 @@ pub async fn serve<A, AFut, IO, H, HFut, B>(
             let _slot = slot;
             let Some(io) = accept(tcp).await else { return };
             let io = FirstByteDeadline::new(io, header_timeout);
-            let service = hyper::service::service_fn(move |req| {
-                let response = handler(req);
-                async move { Ok::<_, std::convert::Infallible>(response.await) }
-            });
+            let service =
+                hyper::service::service_fn(move |mut req: Request<hyper::body::Incoming>| {
+                    req.extensions_mut().insert(PeerAddr(peer));
+                    let response = handler(req);
+                    async move { Ok::<_, std::convert::Infallible>(response.await) }
+                });
             let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
             if let Err(error) = watcher.watch(conn.into_owned()).await {
                 tracing::debug!(%error, "connection ended with an error");

@@ -16,6 +16,7 @@ use tokio::net::TcpListener;
 use uuid::Uuid;
 
 use crate::assign::{AssignError, AssignRequest, Assigned};
+use crate::audit::{ActorKind, Entry, Outcome};
 use crate::auth::AuthError;
 use crate::scaler::Scaler;
 
@@ -50,15 +51,23 @@ pub async fn handle(scaler: Arc<Scaler>, req: Request<Incoming>) -> Response<Api
     }
     let path = req.uri().path().to_owned();
     let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
-    if let ["v1", "host", rest @ ..] = segments.as_slice() {
-        return crate::host_api::handle(&scaler, req, rest)
-            .await
-            .unwrap_or_else(|e| boxed(e.into_response()));
+    match segments.as_slice() {
+        ["v1", "host", rest @ ..] => {
+            return crate::host_api::handle(&scaler, req, rest)
+                .await
+                .unwrap_or_else(|e| boxed(e.into_response()));
+        }
+        ["v1", "operator", rest @ ..] => {
+            return crate::operator::handle_api(&scaler, req, rest).await
+        }
+        ["ui"] => return boxed(redirect_to_ui()),
+        ["ui", rest @ ..] => return crate::operator::handle_ui(&scaler, req, rest).await,
+        _ => {}
     }
     let result = match (req.method(), segments.as_slice()) {
         (&Method::GET, ["healthz"]) => Ok(text(StatusCode::OK, "text/plain", "ok\n")),
         (&Method::GET, ["readyz"]) => Ok(readyz(&scaler).await),
-        (&Method::GET, ["metrics"]) => scaler.config.common.operator().check(&req).map(|()| {
+        (&Method::GET, ["metrics"]) => crate::operator::require(&scaler, &req).await.map(|_| {
             scaler.metrics.host_streams.set(scaler.hub.streams() as i64);
             metrics_response(&req, &scaler.metrics.render())
         }),
@@ -81,6 +90,15 @@ pub async fn handle(scaler: Arc<Scaler>, req: Request<Incoming>) -> Response<Api
         _ => Err(ApiError::not_found()),
     };
     boxed(result.unwrap_or_else(ApiError::into_response))
+}
+
+fn redirect_to_ui() -> HttpResponse {
+    let mut response = text(StatusCode::MOVED_PERMANENTLY, "text/plain", "/ui/\n");
+    response.headers_mut().insert(
+        http::header::LOCATION,
+        http::HeaderValue::from_static("/ui/"),
+    );
+    response
 }
 
 async fn readyz(scaler: &Scaler) -> HttpResponse {
@@ -180,6 +198,7 @@ async fn post_session(
     whist: bool,
 ) -> Result<HttpResponse, ApiError> {
     let started = Instant::now();
+    let address = berth_common::http::peer_address(&req);
     let user = user(scaler, &req).await?;
     let body = read_body(req, scaler.config.max_body_bytes, BODY_TIMEOUT).await?;
     let request = parse_assign(&body, whist)?;
@@ -206,9 +225,21 @@ async fn post_session(
         .metrics
         .assign_seconds
         .observe(started.elapsed().as_secs_f64());
-    let assigned = outcome.inspect_err(|_| {
+    let assigned = outcome.inspect_err(|error| {
         scaler.metrics.assign_failures.inc();
+        scaler.audit.record(
+            Entry::new(ActorKind::User, &user, "session.assign", "")
+                .address(address.clone())
+                .outcome(if error.status.is_server_error() { Outcome::Failed } else { Outcome::Refused })
+                .detail(json!({"code": error.code, "runtime": request.runtime, "regions": request.regions})),
+        );
     })?;
+    scaler.audit.record(
+        Entry::new(ActorKind::User, &user, "session.assign", &assigned.session_id.to_string())
+            .region(&assigned.host.region)
+            .address(address)
+            .detail(json!({"runtime": request.runtime, "host": assigned.host.id, "created": assigned.created})),
+    );
     scaler.metrics.assigns.inc();
     if assigned.created {
         // A slot left the buffer: the region may need a host.
@@ -444,6 +475,10 @@ async fn delete_session(
             "no such session",
         ));
     }
+    scaler.audit.record(
+        Entry::new(ActorKind::User, &user, "session.delete", &id.to_string())
+            .address(berth_common::http::peer_address(req)),
+    );
     Ok(json(
         StatusCode::ACCEPTED,
         &json!({"session_id": id, "status": "DYING"}),
@@ -492,6 +527,7 @@ struct RegionSummary {
     target_free_slots: i32,
     max_hosts: i32,
     purchase: String,
+    policy: String,
     hosts: i64,
     free_slots: i64,
     unreachable_hosts: i64,
@@ -499,9 +535,9 @@ struct RegionSummary {
 }
 
 async fn regions(scaler: &Scaler, req: &Request<Incoming>) -> Result<HttpResponse, ApiError> {
-    scaler.config.common.operator().check(req)?;
+    crate::operator::require(scaler, req).await?;
     let rows: Vec<RegionSummary> = sqlx::query_as(
-        "SELECT r.name, r.enabled, r.target_free_slots, r.max_hosts, r.purchase, \
+        "SELECT r.name, r.enabled, r.target_free_slots, r.max_hosts, r.purchase, r.policy, \
                 count(h.id) FILTER (WHERE h.status NOT IN ('TERMINATING', 'TERMINATED')) AS hosts, \
                 coalesce(sum(h.free_slots) FILTER (WHERE h.status = 'ACTIVE'), 0) AS free_slots, \
                 count(h.id) FILTER (WHERE h.status = 'UNREACHABLE') AS unreachable_hosts, \
@@ -512,16 +548,29 @@ async fn regions(scaler: &Scaler, req: &Request<Incoming>) -> Result<HttpRespons
     .fetch_all(&scaler.db)
     .await
     .map_err(internal)?;
-    let list: Vec<_> = rows
-        .into_iter()
-        .map(|r| {
-            // Free slots are capacity; warm sessions are what an assign can take now.
-            let silence = scaler.silence(&r.name).unwrap_or_default();
-            json!({"name": r.name, "enabled": r.enabled, "target_free_slots": r.target_free_slots,
-                   "max_hosts": r.max_hosts, "purchase": r.purchase, "hosts": r.hosts, "free_slots": r.free_slots,
-                   "warm_sessions": r.warm_sessions, "unreachable_hosts": r.unreachable_hosts,
-                   "liveness": {"silent_hosts": silence.silent_hosts, "mass_silence_suspected": silence.mass_silence_suspected}})
-        })
-        .collect();
+    let mut list = Vec::with_capacity(rows.len());
+    for r in rows {
+        // A forecast region's plan, computed now from the same rows its controller reads.
+        let forecast = match r.policy.as_str() {
+            "forecast" => crate::demand::current_plan(&scaler.db, &r.name)
+                .await
+                .map_err(|e| {
+                    tracing::error!(error = %e, region = r.name, "reading the region's forecast failed");
+                    ApiError::new(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "INTERNAL",
+                        "the database query failed; retry",
+                    )
+                })?,
+            _ => None,
+        };
+        // Free slots are capacity; warm sessions are what an assign can take now.
+        let silence = scaler.silence(&r.name).unwrap_or_default();
+        list.push(json!({"name": r.name, "enabled": r.enabled, "target_free_slots": r.target_free_slots,
+               "max_hosts": r.max_hosts, "purchase": r.purchase, "hosts": r.hosts, "free_slots": r.free_slots,
+               "warm_sessions": r.warm_sessions, "unreachable_hosts": r.unreachable_hosts,
+               "liveness": {"silent_hosts": silence.silent_hosts, "mass_silence_suspected": silence.mass_silence_suspected},
+               "policy": r.policy, "forecast": forecast}));
+    }
     Ok(json(StatusCode::OK, &json!({"regions": list})))
 }

@@ -28,6 +28,9 @@ pub struct HostInfo {
     pub ip: Option<String>,
     pub api_port: Option<i32>,
     pub cert_sha256: Option<String>,
+    /// The host's region (for the audit trail; clients know their regions).
+    #[serde(skip)]
+    pub region: String,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -117,9 +120,11 @@ struct Existing {
     ip: Option<String>,
     api_port: Option<i32>,
     cert_sha256: Option<String>,
+    region: String,
 }
 
-const HOST_COLUMNS: &str = "h.id AS host_id, host(h.public_ip) AS ip, h.api_port, h.cert_sha256";
+const HOST_COLUMNS: &str =
+    "h.id AS host_id, host(h.public_ip) AS ip, h.api_port, h.cert_sha256, h.region";
 
 /// Transactions PostgreSQL aborted to break a deadlock or a serialization
 /// conflict are safe to run again; this many attempts at most.
@@ -222,11 +227,11 @@ async fn assign_once(
     let host: Option<HostInfo> = sqlx::query_as(
         "WITH slot AS (UPDATE hosts SET free_slots = free_slots - 1 \
                         WHERE id = $5 AND free_slots > 0 AND status = 'ACTIVE' \
-                        RETURNING id, host(public_ip) AS ip, api_port, cert_sha256) \
+                        RETURNING id, host(public_ip) AS ip, api_port, cert_sha256, region) \
          UPDATE sessions s SET status = 'ALLOCATED', user_id = $2, client_session_id = $3, token_sha256 = $4, \
                 allocated_at = now() \
          FROM slot WHERE s.id = $1 AND s.host_id = slot.id \
-         RETURNING slot.id, slot.ip, slot.api_port, slot.cert_sha256",
+         RETURNING slot.id, slot.ip, slot.api_port, slot.cert_sha256, slot.region",
     )
     .bind(session_id)
     .bind(user)
@@ -272,6 +277,7 @@ async fn repeat(
         ip: e.ip,
         api_port: e.api_port,
         cert_sha256: e.cert_sha256,
+        region: e.region,
     };
     let token = match e.status {
         SessionStatus::Dying => return Err(AssignError::Ending),
@@ -327,11 +333,11 @@ async fn allocate_at_once(
              WHERE s.runtime = $3 AND s.status = 'WAITING' LIMIT 1 FOR UPDATE OF s SKIP LOCKED), \
          slot AS (UPDATE hosts SET free_slots = free_slots - 1 FROM warm \
              WHERE hosts.id = warm.host_id AND hosts.free_slots > 0 AND hosts.status = 'ACTIVE' \
-             RETURNING hosts.id, host(hosts.public_ip) AS ip, hosts.api_port, hosts.cert_sha256) \
+             RETURNING hosts.id, host(hosts.public_ip) AS ip, hosts.api_port, hosts.cert_sha256, hosts.region) \
          UPDATE sessions x SET status = 'ALLOCATED', user_id = $4, client_session_id = $5, token_sha256 = $6, \
                 allocated_at = now() \
          FROM warm JOIN slot ON slot.id = warm.host_id WHERE x.id = warm.id \
-         RETURNING x.id AS session_id, slot.id, slot.ip, slot.api_port, slot.cert_sha256",
+         RETURNING x.id AS session_id, slot.id, slot.ip, slot.api_port, slot.cert_sha256, slot.region",
     )
     .bind(region)
     .bind(&request.client_commit)

@@ -41,6 +41,32 @@ pub enum AuthConfigError {
 #[derive(Debug, Deserialize)]
 struct Claims {
     sub: String,
+    /// Everything else the token says (an operator role claim among it).
+    #[serde(flatten)]
+    rest: serde_json::Map<String, serde_json::Value>,
+}
+
+/// A verified token: its subject and its other claims.
+#[derive(Debug)]
+pub struct Verified {
+    pub subject: String,
+    /// Its `exp` (unix seconds).
+    pub expires: Option<u64>,
+    claims: serde_json::Map<String, serde_json::Value>,
+}
+
+impl Verified {
+    /// Whether claim `name` is `value`, or a list holding it (identity
+    /// providers put roles in either shape).
+    pub fn has_claim(&self, name: &str, value: &str) -> bool {
+        match self.claims.get(name) {
+            Some(serde_json::Value::String(s)) => s == value,
+            Some(serde_json::Value::Array(items)) => {
+                items.iter().any(|i| i.as_str() == Some(value))
+            }
+            _ => false,
+        }
+    }
 }
 
 /// Refetch the key set at most this often when a token names an unknown key.
@@ -161,6 +187,11 @@ impl Authenticator {
 
     /// The user id (`sub`) of a valid token.
     pub async fn user(&self, token: &str) -> Result<String, AuthError> {
+        self.verify(token).await.map(|v| v.subject)
+    }
+
+    /// A valid token's subject and claims.
+    pub async fn verify(&self, token: &str) -> Result<Verified, AuthError> {
         let header = decode_header(token).map_err(|e| AuthError::Invalid(e.to_string()))?;
         let (key, alg) = match &self.keys {
             Keys::Hs256(key) => {
@@ -201,7 +232,11 @@ impl Authenticator {
                 "sub must not contain control characters".into(),
             ));
         }
-        Ok(data.claims.sub)
+        Ok(Verified {
+            subject: data.claims.sub,
+            expires: data.claims.rest.get("exp").and_then(|v| v.as_u64()),
+            claims: data.claims.rest,
+        })
     }
 
     async fn jwk(&self, kid: &str) -> Result<(DecodingKey, Algorithm), AuthError> {

@@ -49,6 +49,9 @@ pub enum Command {
     },
     /// Local provider: stop every local host of this environment and remove its containers.
     LocalCleanup,
+    /// Demand traces (replayed by `scripts/bench economics --trace FILE`).
+    #[command(subcommand)]
+    Trace(TraceCommand),
     /// Print a one-use bootstrap token for a host started by hand (its row is
     /// created PRE_CONNECTION, or re-armed): give it to that host-service as
     /// BERTH_HOST_TOKEN. It is spent at the host's first registration and
@@ -67,6 +70,45 @@ pub enum Command {
         #[arg(long, default_value = "local")]
         instance_type: String,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TraceCommand {
+    /// Write a region's demand as a CSV trace (`arrived_at,duration_s`, one
+    /// line per assign; a session still running has its length so far), so
+    /// it can be replayed against each policy before switching.
+    Export {
+        #[arg(long)]
+        region: String,
+        /// From when: an RFC 3339 instant, or a span back from now such as
+        /// `7d`, `36h` or `90m`. Assigns are kept 15 days.
+        #[arg(long, value_parser = parse_since)]
+        since: chrono::DateTime<chrono::Utc>,
+        /// The file to write (default: standard output).
+        #[arg(long)]
+        output: Option<PathBuf>,
+    },
+}
+
+/// An RFC 3339 instant, or `<n>d`/`<n>h`/`<n>m` before now.
+fn parse_since(s: &str) -> Result<chrono::DateTime<chrono::Utc>, String> {
+    if let Ok(at) = chrono::DateTime::parse_from_rfc3339(s) {
+        return Ok(at.with_timezone(&chrono::Utc));
+    }
+    let unit = match s.chars().last() {
+        Some('d') => 86_400,
+        Some('h') => 3600,
+        Some('m') => 60,
+        _ => 0,
+    };
+    match s[..s.len().saturating_sub(1)].parse::<i64>() {
+        Ok(n) if unit > 0 && n >= 0 => {
+            Ok(chrono::Utc::now() - chrono::Duration::seconds(n * unit))
+        }
+        _ => Err(format!(
+            "{s:?} is neither an RFC 3339 instant (2024-01-05T00:00:00Z) nor a span such as 7d, 36h or 90m"
+        )),
+    }
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -213,6 +255,37 @@ pub struct Config {
     /// with its session and when the session token is re-issued).
     #[arg(long, env = "BERTH_GATEWAY_LOGIN_SECS", default_value_t = 12 * 3600, value_parser = clap::value_parser!(u64).range(60..=30 * 24 * 3600))]
     pub gateway_login_secs: u64,
+
+    /// The claim of a user JWT (verified like any user's) that makes its
+    /// bearer an operator when it holds --operator-claim-value (a string
+    /// equal to it, or a list containing it). The operator token works too.
+    #[arg(long, env = "BERTH_OPERATOR_CLAIM", default_value = "role")]
+    pub operator_claim: String,
+
+    /// The value of --operator-claim that marks an operator.
+    #[arg(
+        long,
+        env = "BERTH_OPERATOR_CLAIM_VALUE",
+        default_value = "berth-operator"
+    )]
+    pub operator_claim_value: String,
+
+    /// Seconds a dashboard login (/ui/login) lasts; a login with a JWT ends
+    /// with the JWT's expiry if that comes first.
+    #[arg(long, env = "BERTH_OPERATOR_LOGIN_SECS", default_value_t = 8 * 3600, value_parser = clap::value_parser!(u64).range(60..=7 * 24 * 3600))]
+    pub operator_login_secs: u64,
+
+    /// Days the audit trail keeps its records.
+    #[arg(long, env = "BERTH_AUDIT_RETENTION_DAYS", default_value_t = 90, value_parser = clap::value_parser!(u32).range(1..=3650))]
+    pub audit_retention_days: u32,
+
+    /// Seconds between two samples of each region's fleet (the dashboard's charts).
+    #[arg(long, env = "BERTH_HISTORY_SAMPLE_SECS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub history_sample_secs: u64,
+
+    /// Hours of fleet samples kept.
+    #[arg(long, env = "BERTH_HISTORY_RETENTION_HOURS", default_value_t = 48, value_parser = clap::value_parser!(u32).range(1..=24 * 90))]
+    pub history_retention_hours: u32,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]

@@ -12,7 +12,8 @@ use sqlx::pool::PoolConnection;
 use sqlx::Postgres;
 use tokio::sync::mpsc;
 
-use crate::policy::Action;
+use crate::forecast::ForecastPolicy;
+use crate::policy::{Action, Policy};
 use crate::scaler::Scaler;
 use crate::state::{self, StateError};
 use crate::{deploy, launch, sweeps};
@@ -108,6 +109,8 @@ async fn still_locked(conn: &mut PoolConnection<Postgres>) -> bool {
 /// A region's passes are at least this far apart: a burst of assigns and
 /// freed slots (each a wake) costs one pass, not one each.
 const MIN_PASS_SPACING: Duration = Duration::from_millis(250);
+/// How often a region's controller forgets demand older than the forecast keeps.
+const PRUNE_SPACING: Duration = Duration::from_secs(3600);
 /// A region's instances are listed (DescribeInstances) at most this often;
 /// passes in between decide from the rows alone. Every tick lists them.
 const LISTING_SPACING: Duration = Duration::from_secs(5);
@@ -115,6 +118,7 @@ const LISTING_SPACING: Duration = Duration::from_secs(5);
 pub async fn run_region(scaler: Arc<Scaler>, region: String, mut wake: mpsc::Receiver<()>) {
     let mut lock: Option<PoolConnection<Postgres>> = None;
     let mut listed: Option<Instant> = None;
+    let mut pruned: Option<Instant> = None;
     loop {
         if let Some(conn) = lock.as_mut() {
             if !still_locked(conn).await {
@@ -139,6 +143,12 @@ pub async fn run_region(scaler: Arc<Scaler>, region: String, mut wake: mpsc::Rec
             }
             if let Err(error) = pass_with(&scaler, &region, list).await {
                 tracing::error!(region, %error, "controller pass failed; retrying next tick");
+            }
+            if pruned.is_none_or(|at| at.elapsed() >= PRUNE_SPACING) {
+                pruned = Some(started);
+                if let Err(error) = crate::demand::prune(&scaler.db, &region).await {
+                    tracing::warn!(region, %error, "forgetting old demand failed");
+                }
             }
             scaler.metrics.passes.inc();
             scaler
@@ -207,7 +217,12 @@ async fn pass_with(scaler: &Scaler, region_name: &str, list: bool) -> Result<(),
         .await?
         .map(|(_, sha)| sha)
         .unwrap_or_default();
-    for action in scaler.policy.decide(&view) {
+    // The region's row chooses: demand is read only for a forecast region.
+    let actions = match view.demand {
+        Some(_) => ForecastPolicy.decide(&view),
+        None => scaler.policy.decide(&view),
+    };
+    for action in actions {
         match action {
             Action::Launch { image_id, count } => {
                 launch::launch(scaler, &region, &image_id, &current_sha, count).await?

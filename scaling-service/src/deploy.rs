@@ -33,6 +33,8 @@ pub enum DeployError {
     InProgress(String),
     #[error("region {0} has no deploy ready to release")]
     NothingToRelease(String),
+    #[error("region {0} has no deploy in progress to abort")]
+    NothingToAbort(String),
     #[error(transparent)]
     Db(#[from] DbError),
 }
@@ -116,6 +118,29 @@ pub async fn release(db: &PgPool, region: &str) -> Result<(), DeployError> {
     Ok(())
 }
 
+/// Ends the region's deploy in progress as FAILED (`reason` on its row):
+/// the candidate image is never swapped in and its buffer drains.
+pub async fn abort(db: &PgPool, region: &str, reason: &str) -> Result<Uuid, DeployError> {
+    let deploy = active(db, region)
+        .await?
+        .ok_or_else(|| DeployError::NothingToAbort(region.to_owned()))?;
+    fail(db, region, &deploy, reason).await?;
+    Ok(deploy.id)
+}
+
+/// Whether the region's latest deploy was aborted (asking again to abort it
+/// is then no error).
+pub async fn last_aborted(db: &PgPool, region: &str) -> Result<bool, DbError> {
+    let error: Option<Option<String>> = sqlx::query_scalar(
+        "SELECT error FROM deploys WHERE region = $1 ORDER BY created_at DESC LIMIT 1",
+    )
+    .bind(region)
+    .fetch_optional(db)
+    .await
+    .map_err(DbError::query("reading the latest deploy"))?;
+    Ok(error.flatten().is_some_and(|e| e.starts_with("aborted")))
+}
+
 /// One step of the region's deploy, if one is in progress (`None`: none is,
 /// and nothing was changed). Returns the images to protect from scale-down.
 pub async fn step(
@@ -137,7 +162,7 @@ async fn step_deploy(
 ) -> Result<Vec<String>, StateError> {
     let db = &scaler.db;
     if Utc::now() > deploy.deadline_at {
-        fail(db, &region.name, &deploy).await?;
+        fail(db, &region.name, &deploy, "deadline passed before release").await?;
         return Ok(vec![]);
     }
     match deploy.state {
@@ -213,13 +238,14 @@ async fn swap(db: &PgPool, region: &str, deploy: &Deploy) -> Result<(), DbError>
     Ok(())
 }
 
-async fn fail(db: &PgPool, region: &str, deploy: &Deploy) -> Result<(), DbError> {
+async fn fail(db: &PgPool, region: &str, deploy: &Deploy, reason: &str) -> Result<(), DbError> {
     let mut tx = db
         .begin()
         .await
         .map_err(DbError::query("failing a deploy"))?;
-    sqlx::query("UPDATE deploys SET state = 'FAILED', error = 'deadline passed before release' WHERE id = $1")
+    sqlx::query("UPDATE deploys SET state = 'FAILED', error = $2 WHERE id = $1")
         .bind(deploy.id)
+        .bind(reason)
         .execute(&mut *tx)
         .await
         .map_err(DbError::query("marking the deploy FAILED"))?;
@@ -231,11 +257,12 @@ async fn fail(db: &PgPool, region: &str, deploy: &Deploy) -> Result<(), DbError>
         .map_err(DbError::query("marking the image FAILED"))?;
     sqlx::query(
         "UPDATE hosts SET status = CASE WHEN status = 'ACTIVE' THEN 'DRAINING'::host_status ELSE 'TERMINATING'::host_status END, \
-                status_reason = 'deploy failed', draining_since = now() \
+                status_reason = 'deploy failed: ' || $3, draining_since = now() \
          WHERE region = $1 AND image_id = $2 AND status IN ('LAUNCHING', 'PRE_CONNECTION', 'ACTIVE')",
     )
     .bind(region)
     .bind(&deploy.image_id)
+    .bind(reason)
     .execute(&mut *tx)
     .await
     .map_err(DbError::query("draining the candidate buffer"))?;
@@ -245,7 +272,8 @@ async fn fail(db: &PgPool, region: &str, deploy: &Deploy) -> Result<(), DbError>
     tracing::error!(
         region,
         image = deploy.image_id,
-        "deploy FAILED: deadline passed; draining its buffer"
+        reason,
+        "deploy FAILED; draining its buffer"
     );
     Ok(())
 }

@@ -4,23 +4,29 @@
 
 pub mod api;
 pub mod assign;
+pub mod audit;
 pub mod auth;
 pub mod config;
 pub mod controller;
+pub mod demand;
 pub mod deploy;
 pub mod evidence;
 pub mod faults;
+pub mod forecast;
 pub mod gateway;
 pub mod host_api;
 pub mod keys;
 pub mod launch;
 pub mod metrics;
+pub(crate) mod operator;
 pub mod policy;
 pub mod provider;
 pub mod scaler;
 pub mod service;
+pub mod simulator;
 pub mod state;
 pub mod sweeps;
+pub mod trace;
 
 use berth_common::config::exit;
 
@@ -57,6 +63,12 @@ pub enum Error {
     #[error("binding the gateway on {addr}: {source}; is BERTH_GATEWAY_ADDR in use?")]
     GatewayBind {
         addr: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("writing the trace to {path}: {source}")]
+    TraceWrite {
+        path: String,
         #[source]
         source: std::io::Error,
     },

@@ -5,9 +5,9 @@ use std::process::ExitCode;
 
 use berth_common::HostId;
 use berth_common::{db, entry};
-use scaling_service::config::{Cli, Command};
+use scaling_service::config::{Cli, Command, TraceCommand};
 use scaling_service::host_api::identity::{issue_for_host, HandStartedHost};
-use scaling_service::{deploy, service, Error};
+use scaling_service::{demand, deploy, service, Error};
 
 fn main() -> ExitCode {
     let cli: Cli = match entry::parse() {
@@ -87,6 +87,22 @@ fn main() -> ExitCode {
                 );
                 Ok(())
             }
+            Some(Command::Trace(TraceCommand::Export {
+                region,
+                since,
+                output,
+            })) => {
+                let pool =
+                    db::connect(&config.database.database_url, "scaling-service trace", 1).await?;
+                db::prepare_schema(&pool, config.database.migrate).await?;
+                let trace = demand::export(&pool, &region, since, chrono::Utc::now()).await?;
+                write_trace(output.as_deref(), &trace.to_csv())?;
+                eprintln!(
+                    "region {region}: {} assigns since {since}",
+                    trace.arrivals.len()
+                );
+                Ok(())
+            }
             Some(Command::Run) | None => {
                 let service = service::start(config).await?;
                 service.run_until(stop_signal()).await;
@@ -95,6 +111,19 @@ fn main() -> ExitCode {
         }
     });
     entry::finish("scaling-service", result, Error::exit_code)
+}
+
+/// The trace to `path`, or to standard output.
+fn write_trace(path: Option<&std::path::Path>, csv: &str) -> Result<(), Error> {
+    use std::io::Write;
+    let (result, name) = match path {
+        Some(path) => (std::fs::write(path, csv), path.display().to_string()),
+        None => (
+            std::io::stdout().lock().write_all(csv.as_bytes()),
+            "standard output".to_owned(),
+        ),
+    };
+    result.map_err(|source| Error::TraceWrite { path: name, source })
 }
 
 async fn stop_signal() {

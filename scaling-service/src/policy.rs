@@ -5,13 +5,16 @@
 //! capacity, launches in flight) reach `target_free_slots`, never taking the
 //! region above `max_hosts` live instances; it drains empty hosts of retired
 //! images at once, and current-image hosts empty for longer than
-//! `scale_down_grace_s` while the buffer stays at target without them. A
-//! demand-aware policy can implement the same trait.
+//! `scale_down_grace_s` while the buffer stays at target without them. The
+//! demand-aware policy ([`crate::forecast`]) sizes the same buffer from the
+//! region's demand instead.
 
 use std::time::Duration;
 
 use berth_common::HostStatus;
 use chrono::{DateTime, Utc};
+
+use crate::forecast::Demand;
 
 /// One host as the policy sees it.
 #[derive(Clone, Debug, PartialEq)]
@@ -39,6 +42,9 @@ pub struct RegionView {
     /// Launches written but not resolved: (image, hosts, slots).
     pub in_flight: Vec<InFlight>,
     pub now: DateTime<Utc>,
+    /// The region's demand history, read only for regions on the forecast
+    /// policy (the buffer policy neither needs nor pays for it).
+    pub demand: Option<Demand>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -92,6 +98,16 @@ pub fn expected_free(region: &RegionView, image: &str) -> i32 {
             .sum::<i32>()
 }
 
+/// Free slots on `image` that an assign can take now.
+pub fn ready_free(region: &RegionView, image: &str) -> i32 {
+    region
+        .hosts
+        .iter()
+        .filter(|h| h.image_id == image && h.status == HostStatus::Active)
+        .map(|h| h.free_slots)
+        .sum()
+}
+
 /// How many hosts to launch for `image` to reach `target` free slots,
 /// never taking the region above `max_hosts`.
 pub fn launches_needed(region: &RegionView, image: &str, target: i32) -> i32 {
@@ -108,61 +124,82 @@ pub struct BufferPolicy;
 
 impl Policy for BufferPolicy {
     fn decide(&self, region: &RegionView) -> Vec<Action> {
-        let mut actions = vec![];
-        let Some(current) = region.current_image.as_deref() else {
-            return actions;
-        };
-        let count = launches_needed(region, current, region.target_free_slots);
-        if count > 0 {
-            actions.push(Action::Launch {
-                image_id: current.to_owned(),
-                count,
-            });
-        }
-        let empty = |h: &&HostView| h.status == HostStatus::Active && h.free_slots == h.capacity;
-        let protected = |h: &&HostView| region.protected_images.contains(&h.image_id);
-
-        // Old-image hosts go as soon as nobody uses them.
-        for host in region
-            .hosts
-            .iter()
-            .filter(empty)
-            .filter(|h| h.image_id != current && !protected(h))
-        {
-            actions.push(Action::Drain {
-                host_id: host.id.clone(),
-                reason: "runs a retired image and is empty".into(),
-            });
-        }
-
-        // Current-image hosts idle past the grace, while the buffer stays
-        // at or above target without them. Oldest-idle first.
-        let mut idle: Vec<&HostView> = region
-            .hosts
-            .iter()
-            .filter(empty)
-            .filter(|h| h.image_id == current)
-            .filter(|h| {
-                h.empty_since.is_some_and(|t| {
-                    region.now - t
-                        >= chrono::Duration::from_std(region.scale_down_grace).unwrap_or_default()
-                })
-            })
-            .collect();
-        idle.sort_by_key(|h| h.empty_since);
-        let mut free = expected_free(region, current);
-        for host in idle {
-            if free - host.capacity < region.target_free_slots {
-                break;
-            }
-            free -= host.capacity;
-            actions.push(Action::Drain {
-                host_id: host.id.clone(),
-                reason: "idle beyond the grace and not needed for the buffer".into(),
-            });
-        }
-        actions
+        buffer_decide(
+            region,
+            region.target_free_slots,
+            region.target_free_slots,
+            false,
+        )
     }
+}
+
+/// The buffer's arithmetic for any target: launch the current image up to
+/// `target` free slots; drain retired-image hosts once empty, and
+/// current-image hosts idle past the grace while `keep` (≥ `target`, the
+/// scale-down hysteresis) free slots stay without them — counting, when
+/// `keep_ready`, only slots that serve now (ACTIVE), not those still booting,
+/// so a ready host is never given up for one that registers too late.
+pub(crate) fn buffer_decide(
+    region: &RegionView,
+    target: i32,
+    keep: i32,
+    keep_ready: bool,
+) -> Vec<Action> {
+    let mut actions = vec![];
+    let Some(current) = region.current_image.as_deref() else {
+        return actions;
+    };
+    let count = launches_needed(region, current, target);
+    if count > 0 {
+        actions.push(Action::Launch {
+            image_id: current.to_owned(),
+            count,
+        });
+    }
+    let empty = |h: &&HostView| h.status == HostStatus::Active && h.free_slots == h.capacity;
+    let protected = |h: &&HostView| region.protected_images.contains(&h.image_id);
+
+    // Old-image hosts go as soon as nobody uses them.
+    for host in region
+        .hosts
+        .iter()
+        .filter(empty)
+        .filter(|h| h.image_id != current && !protected(h))
+    {
+        actions.push(Action::Drain {
+            host_id: host.id.clone(),
+            reason: "runs a retired image and is empty".into(),
+        });
+    }
+
+    // Current-image hosts idle past the grace, while the buffer stays
+    // at or above target without them. Oldest-idle first.
+    let grace = chrono::Duration::from_std(region.scale_down_grace).unwrap_or_default();
+    let mut idle: Vec<&HostView> = region
+        .hosts
+        .iter()
+        .filter(empty)
+        .filter(|h| h.image_id == current)
+        .filter(|h| h.empty_since.is_some_and(|t| region.now - t >= grace))
+        .collect();
+    idle.sort_by_key(|h| h.empty_since);
+    let mut free = if keep_ready {
+        ready_free(region, current)
+    } else {
+        expected_free(region, current)
+    };
+    let keep = keep.max(target);
+    for host in idle {
+        if free - host.capacity < keep {
+            break;
+        }
+        free -= host.capacity;
+        actions.push(Action::Drain {
+            host_id: host.id.clone(),
+            reason: "idle beyond the grace and not needed for the buffer".into(),
+        });
+    }
+    actions
 }
 
 #[cfg(test)]
@@ -205,6 +242,7 @@ mod tests {
             hosts,
             in_flight,
             now,
+            demand: None,
         }
     }
 

@@ -13,6 +13,7 @@ use tokio_util::task::TaskTracker;
 use uuid::Uuid;
 
 use crate::assign::{assign, AssignError, AssignRequest, Assigned};
+use crate::audit::AuditLog;
 use crate::auth::Authenticator;
 use crate::config::Config;
 use crate::evidence::{Evidence, Silence};
@@ -52,6 +53,8 @@ pub struct Scaler {
     pub keys: Arc<ControlKeys>,
     /// The browser gateway, when BERTH_GATEWAY_DOMAIN is set.
     pub gateway: Option<Gateway>,
+    /// Audit records waiting for the next batched write.
+    pub audit: Arc<AuditLog>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -91,6 +94,7 @@ impl Scaler {
             assign_permits: tokio::sync::Semaphore::new(config.assign_concurrency as usize),
             hub: Arc::new(Hub::default()),
             heartbeats: Arc::default(),
+            audit: Arc::default(),
             config,
         }
     }

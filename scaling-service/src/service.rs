@@ -126,6 +126,14 @@ pub async fn start_with_provider(
         scaler.db.clone(),
         scaler.stop.clone(),
     ));
+    scaler.tasks.spawn(crate::audit::run(
+        scaler.audit.clone(),
+        scaler.db.clone(),
+        scaler.stop.clone(),
+    ));
+    scaler
+        .tasks
+        .spawn(crate::operator::history::run(scaler.clone()));
     scaler.tasks.spawn(crate::evidence::watch_database(
         scaler.evidence.clone(),
         scaler.db.clone(),

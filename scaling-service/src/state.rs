@@ -7,6 +7,7 @@ use berth_common::HostStatus;
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 
+use crate::forecast::{Demand, ForecastSettings};
 use crate::policy::{HostView, InFlight, RegionView};
 use crate::provider::{Purchase, Selector};
 
@@ -23,6 +24,14 @@ pub struct RegionRow {
     pub scale_down_grace_s: i32,
     #[sqlx(try_from = "String")]
     pub purchase: Purchase,
+    /// `buffer` or `forecast`.
+    pub policy: String,
+    pub forecast_hit_rate: f64,
+    pub forecast_horizon_s: i32,
+    pub forecast_period_s: i32,
+    pub forecast_history_periods: i32,
+    pub forecast_bucket_s: i32,
+    pub forecast_recent_s: i32,
 }
 
 impl RegionRow {
@@ -31,6 +40,17 @@ impl RegionRow {
     }
     pub fn security_groups(&self) -> Vec<Selector> {
         serde_json::from_value(self.security_group_selectors.clone()).unwrap_or_default()
+    }
+    /// The forecast's parameters when the region is on the forecast policy.
+    pub fn forecast(&self) -> Option<ForecastSettings> {
+        (self.policy == "forecast").then(|| ForecastSettings {
+            hit_rate: self.forecast_hit_rate,
+            horizon_s: i64::from(self.forecast_horizon_s),
+            period_s: i64::from(self.forecast_period_s),
+            history_periods: self.forecast_history_periods,
+            bucket_s: i64::from(self.forecast_bucket_s),
+            recent_s: i64::from(self.forecast_recent_s),
+        })
     }
 }
 
@@ -48,7 +68,9 @@ pub async fn region(db: &PgPool, name: &str) -> Result<Option<RegionRow>, DbErro
     sqlx::query_as(
         "SELECT name, enabled, target_free_slots, max_hosts, instance_types, subnet_selectors, \
                 security_group_selectors, iam_instance_profile, scale_down_grace_s, \
-                purchase FROM regions WHERE name = $1",
+                purchase, policy, forecast_hit_rate, forecast_horizon_s, forecast_period_s, \
+                forecast_history_periods, forecast_bucket_s, forecast_recent_s \
+         FROM regions WHERE name = $1",
     )
     .bind(name)
     .fetch_optional(db)
@@ -124,6 +146,14 @@ pub async fn view(
     .fetch_all(db)
     .await
     .map_err(DbError::query("reading in-flight launches"))?;
+    let now = Utc::now();
+    let demand = match region.forecast() {
+        None => None,
+        Some(settings) => Some(Demand {
+            view: crate::demand::read(db, &region.name, &settings, now).await?,
+            settings,
+        }),
+    };
     Ok(RegionView {
         target_free_slots: region.target_free_slots,
         max_hosts: region.max_hosts,
@@ -150,6 +180,7 @@ pub async fn view(
                 slots: l.count * l.capacity.unwrap_or(capacity_per_host),
             })
             .collect(),
-        now: Utc::now(),
+        now,
+        demand,
     })
 }

@@ -477,16 +477,17 @@ async fn every_bad_request_gets_its_typed_error_and_the_api_behaves() {
         (got, body["runtimes"][0]["name"].as_str()),
         (200, Some("desktop"))
     );
-    // Operator surfaces: a user's token or none is refused, the operator's works.
-    for (path, token) in [
-        ("/regions", Some(alice.as_str())),
-        ("/metrics", None),
-        ("/metrics", Some(alice.as_str())),
+    // Operator surfaces: none is refused (401), a user's token is forbidden
+    // (403), the operator's works.
+    for (path, token, status) in [
+        ("/regions", Some(alice.as_str()), 403),
+        ("/metrics", None, 401),
+        ("/metrics", Some(alice.as_str()), 403),
     ] {
         let (got, body) = call(&http, reqwest::Method::GET, &url(path), token, None).await;
         assert_eq!(
             (got, body["error"]["code"].as_str()),
-            (401, Some("OPERATOR_ONLY")),
+            (status, Some("OPERATOR_ONLY")),
             "{path}"
         );
     }

@@ -279,6 +279,9 @@ async fn a_host_credential_reaches_only_its_own_host_and_sessions() {
         (Method::GET, "/runtimes"),
         (Method::GET, "/regions"),
         (Method::GET, "/metrics"),
+        (Method::GET, "/v1/operator/hosts"),
+        (Method::POST, "/v1/operator/hosts/h-b/drain"),
+        (Method::GET, "/ui/"),
     ] {
         let (status, body) = api
             .call(

@@ -169,6 +169,29 @@ async fn the_proxy_carries_http_and_websockets_to_the_sessions_own_container_onl
         );
     }
     let cookie = set_cookie.split(';').next().unwrap().to_owned();
+    // The login is on the control plane's audit trail, under the owner.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let logins: Vec<(String, String, Option<String>)> = sqlx::query_as(
+            "SELECT actor, outcome, address FROM audit WHERE action = 'session.login' AND target = $1 AND detail->>'via' = 'proxy'",
+        )
+        .bind(a.to_string())
+        .fetch_all(&db.pool)
+        .await
+        .unwrap();
+        if !logins.is_empty() {
+            assert_eq!(
+                logins,
+                vec![("alice".into(), "ok".into(), Some("127.0.0.1".into()))]
+            );
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no audit record of the proxy login"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let mut ws = websocket(
         &th,
         &format!("/sessions/{a}/proxy/8081/echo"),

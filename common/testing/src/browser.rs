@@ -36,6 +36,13 @@ const SESSION_TIMEOUT: Duration = Duration::from_secs(60);
 const DRIVER_READY_TIMEOUT: Duration = Duration::from_secs(20);
 const TOOL_TIMEOUT: Duration = Duration::from_secs(20);
 const LOG_TAIL_LINES: usize = 40;
+/// What `MAP * ~NOTFOUND` leaves alone: loopback by name and IPv4 address
+/// (the rules match IP literals too).
+const LOOPBACK_EXCLUDES: &str = "EXCLUDE localhost, EXCLUDE 127.0.0.1";
+/// The key of an element reference in W3C WebDriver answers.
+const ELEMENT_KEY: &str = "element-6066-11e4-a52e-4f735466cecf";
+/// Times [`Browser::click`] finds an element again that the page replaced.
+const STALE_RETRIES: u32 = 5;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BrowserError {
@@ -86,6 +93,13 @@ pub enum BrowserError {
     },
     #[error("{what}: unexpected answer from chromedriver: {answer}")]
     Protocol { what: String, answer: String },
+    /// [`Browser::wait_for`]'s condition still did not hold.
+    #[error("{what}: not so after {waited:?}; the page last answered {last}")]
+    Timeout {
+        what: String,
+        waited: Duration,
+        last: String,
+    },
 }
 
 /// How to start a [`Browser`].
@@ -96,7 +110,8 @@ pub struct BrowserOptions {
     pub trust_ca_pem: Option<String>,
     /// Chromium's `--host-resolver-rules`, e.g. `MAP *.gw.test 127.0.0.1`.
     /// Every other hostname but `localhost` fails to resolve: the browser
-    /// never asks real DNS.
+    /// never asks real DNS. Loopback addresses (`http://127.0.0.1:…`) are
+    /// reached as they are.
     pub host_resolver_rules: String,
     /// Where relative screenshot paths go, and chromedriver's log when a
     /// test panics.
@@ -288,9 +303,9 @@ impl Browser {
         host_resolver_rules: &str,
     ) -> Result<(), BrowserError> {
         let rules = if host_resolver_rules.trim().is_empty() {
-            "MAP * ~NOTFOUND, EXCLUDE localhost".to_owned()
+            format!("MAP * ~NOTFOUND, {LOOPBACK_EXCLUDES}")
         } else {
-            format!("{host_resolver_rules}, MAP * ~NOTFOUND, EXCLUDE localhost")
+            format!("{host_resolver_rules}, MAP * ~NOTFOUND, {LOOPBACK_EXCLUDES}")
         };
         let capabilities = json!({
             "capabilities": {
@@ -403,6 +418,123 @@ impl Browser {
             &format!("running async script {}", abbreviate(script)),
         )
         .await
+    }
+
+    /// Runs `script` (as [`execute`](Self::execute) does) every 100 ms until
+    /// it returns something other than `null`, `false`, `0` or `""`, and
+    /// returns that; a [`BrowserError::Timeout`] naming the last answer after
+    /// `timeout`. For what a page shows once something it cannot announce
+    /// to WebDriver has happened (a server push, a redirect). A WebDriver
+    /// error (a script run mid-navigation) counts as not yet.
+    pub async fn wait_for(
+        &self,
+        what: &str,
+        timeout: Duration,
+        script: &str,
+        args: Vec<Value>,
+    ) -> Result<Value, BrowserError> {
+        let started = Instant::now();
+        loop {
+            let last = match self.execute(script, args.clone()).await {
+                Ok(value) if truthy(&value) => return Ok(value),
+                Ok(value) => value.to_string(),
+                Err(error @ BrowserError::WebDriver { .. }) => error.to_string(),
+                Err(error) => return Err(error),
+            };
+            if started.elapsed() >= timeout {
+                return Err(BrowserError::Timeout {
+                    what: what.to_owned(),
+                    waited: started.elapsed(),
+                    last,
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Clicks the first element `css` matches, as a user would: scrolled
+    /// into view, refused (`element click intercepted`) if something covers
+    /// it. An element the page replaced between finding and clicking it
+    /// (a live section re-rendered) is found again.
+    pub async fn click(&self, css: &str) -> Result<(), BrowserError> {
+        let what = format!("clicking {css}");
+        let mut attempts = 0;
+        loop {
+            let element = self.element(css).await?;
+            let clicked = self
+                .command(
+                    Method::POST,
+                    &format!("/element/{element}/click"),
+                    None,
+                    &what,
+                )
+                .await;
+            match clicked {
+                Err(BrowserError::WebDriver { error, .. })
+                    if error == "stale element reference" && attempts < STALE_RETRIES =>
+                {
+                    attempts += 1;
+                }
+                other => return other.map(drop),
+            }
+        }
+    }
+
+    /// Types `text` into the first element `css` matches (an input or a
+    /// textarea), in place of what it held.
+    pub async fn fill(&self, css: &str, text: &str) -> Result<(), BrowserError> {
+        let element = self.element(css).await?;
+        let what = format!("typing into {css}");
+        self.command(
+            Method::POST,
+            &format!("/element/{element}/clear"),
+            None,
+            &what,
+        )
+        .await?;
+        self.command(
+            Method::POST,
+            &format!("/element/{element}/value"),
+            Some(json!({ "text": text })),
+            &what,
+        )
+        .await
+        .map(drop)
+    }
+
+    /// The cookies the current page's URL would be sent, as WebDriver
+    /// serializes them (`name`, `value`, `httpOnly`, `secure`, `sameSite`,
+    /// …): HttpOnly ones included, which the page's scripts cannot see.
+    pub async fn cookies(&self) -> Result<Vec<Value>, BrowserError> {
+        let what = "reading the cookies";
+        match self.command(Method::GET, "/cookie", None, what).await? {
+            Value::Array(cookies) => Ok(cookies),
+            other => Err(BrowserError::Protocol {
+                what: what.to_owned(),
+                answer: other.to_string(),
+            }),
+        }
+    }
+
+    /// The WebDriver reference of the first element `css` matches (a
+    /// `no such element` error if none does).
+    async fn element(&self, css: &str) -> Result<String, BrowserError> {
+        let what = format!("finding {css}");
+        let found = self
+            .command(
+                Method::POST,
+                "/element",
+                Some(json!({ "using": "css selector", "value": css })),
+                &what,
+            )
+            .await?;
+        found[ELEMENT_KEY]
+            .as_str()
+            .map(str::to_owned)
+            .ok_or_else(|| BrowserError::Protocol {
+                what,
+                answer: found.to_string(),
+            })
     }
 
     /// Saves a PNG of the viewport; a relative `path` is taken under the
@@ -641,6 +773,18 @@ async fn read_answer(
             what: what.to_owned(),
             answer: format!("{status}: {body}"),
         }),
+    }
+}
+
+/// JavaScript's truthiness of a script's answer (objects and arrays, even
+/// empty, are true).
+fn truthy(value: &Value) -> bool {
+    match value {
+        Value::Null => false,
+        Value::Bool(b) => *b,
+        Value::Number(n) => n.as_f64().is_some_and(|n| n != 0.0),
+        Value::String(s) => !s.is_empty(),
+        Value::Array(_) | Value::Object(_) => true,
     }
 }
 

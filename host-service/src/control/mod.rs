@@ -16,8 +16,8 @@ use base64::Engine;
 use berth_common::auth::new_session_token;
 use berth_common::host_api::{
     ClaimRequest, DeathNotice, DrainRequest, DrainResponse, Dying, EndNotice, Heartbeat, HostState,
-    RegisterRequest, RegisterResponse, Running, RuntimeRow, SealedInit, SessionIds, SessionState,
-    WarmSession, PREFIX,
+    LoginReport, RegisterRequest, RegisterResponse, Running, RuntimeRow, SealedInit, SessionIds,
+    SessionState, WarmSession, PREFIX,
 };
 use berth_common::SessionId;
 use http::{Method, StatusCode};
@@ -560,6 +560,24 @@ impl ControlPlane {
                 &path,
                 Some(notice),
                 "announcing a session's end",
+            )
+            .await
+        {
+            Ok(_) | Err(ControlError::Refused { status: 404, .. }) => Ok(()),
+            Err(error) => Err(error),
+        }
+    }
+
+    /// A browser logged in (or was refused) at the proxy: for the audit trail
+    /// (a session already gone is fine).
+    pub async fn login(&self, id: SessionId, report: &LoginReport) -> Result<(), ControlError> {
+        let path = format!("/sessions/{id}/login");
+        match self
+            .call::<_, serde_json::Value>(
+                Method::POST,
+                &path,
+                Some(report),
+                "reporting a proxy login",
             )
             .await
         {

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use berth_common::auth::token_matches;
 use berth_common::grant::{unix_now, GrantRefused, GRANT_HEADER};
+use berth_common::host_api::LoginReport;
 use berth_common::http::{read_body, requested_upgrade, strip_hop_by_hop, ApiError};
 use berth_common::relay::{tunnel, Observed};
 use berth_common::SessionId;
@@ -308,6 +309,7 @@ pub async fn login(
     req: Request<Incoming>,
     id: &str,
 ) -> Result<Response<Body>, ApiError> {
+    let address = berth_common::http::peer_address(&req);
     let form: LoginForm = if req.method() == Method::POST {
         let body = read_body(req, LOGIN_BODY_LIMIT, LOGIN_BODY_TIMEOUT).await?;
         login_form(&body)
@@ -316,7 +318,9 @@ pub async fn login(
     };
     let token = form.token.ok_or_else(ApiError::unauthorized)?;
     let (session, owner) = session_and_owner(host, id)?;
-    if !token_matches(&token, &owner.token_sha256) {
+    let accepted = token_matches(&token, &owner.token_sha256);
+    report_login(host, session.id, address, accepted);
+    if !accepted {
         return Err(ApiError::forbidden());
     }
     let id = session.id;
@@ -350,6 +354,22 @@ pub async fn login(
         .body(boxed(Empty::<Bytes>::new()))
         .map_err(|e| ApiError::bad_request(e.to_string()))?;
     Ok(response)
+}
+
+/// Tells the control plane of a login attempt (its audit trail), in the
+/// background: the browser does not wait for it.
+fn report_login(host: &Arc<Host>, id: SessionId, address: Option<String>, accepted: bool) {
+    let control = host.control.clone();
+    let stop = host.stop.clone();
+    host.tasks.spawn(async move {
+        let report = LoginReport { address, accepted };
+        let told = control
+            .until_accepted("reporting a proxy login", &stop, || control.login(id, &report))
+            .await;
+        if let Err(error) = told {
+            tracing::warn!(session = %id, %error, "the control plane was not told of a proxy login");
+        }
+    });
 }
 
 fn login_form(bytes: &[u8]) -> LoginForm {

@@ -31,6 +31,7 @@ use hyper::body::Incoming;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
+use crate::audit::{ActorKind, Entry, Outcome};
 use crate::keys::ControlKeys;
 use crate::metrics::Metrics;
 use crate::scaler::Scaler;
@@ -299,6 +300,7 @@ async fn log_in(
             "log in over https: the TLS terminator in front of the gateway must send X-Forwarded-Proto: https",
         ));
     }
+    let peer = berth_common::http::peer_address(&req);
     let form = match *req.method() {
         Method::GET => login::parse_form(req.uri().query().unwrap_or("").as_bytes()),
         Method::POST => {
@@ -325,6 +327,17 @@ async fn log_in(
                 "the login cannot be checked right now; retry",
             )
         })?;
+    scaler.audit.record(
+        Entry::new(
+            ActorKind::User,
+            route.user_id.as_deref().unwrap_or("-"),
+            "session.login",
+            &address.session.to_string(),
+        )
+        .address(peer)
+        .outcome(if owner { Outcome::Ok } else { Outcome::Refused })
+        .detail(serde_json::json!({"via": "gateway", "host": route.host_id})),
+    );
     let Some(token_sha256) = route.token_sha256.as_deref().filter(|_| owner) else {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,

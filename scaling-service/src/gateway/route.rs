@@ -24,6 +24,8 @@ pub struct Route {
     pub host: Option<HostTarget>,
     pub session_live: bool,
     pub token_sha256: Option<String>,
+    /// The session's owner (for the audit trail of logins).
+    pub user_id: Option<String>,
     /// The runtime's TCP ports in declared order; the first is the default.
     pub ports: Vec<u16>,
 }
@@ -38,6 +40,7 @@ pub struct HostTarget {
 struct RouteRow {
     session_status: String,
     token_sha256: Option<String>,
+    user_id: Option<String>,
     host_id: String,
     host_status: String,
     ip: Option<String>,
@@ -68,6 +71,7 @@ impl From<RouteRow> for Route {
                 "ALLOCATED" | "CONNECTING" | "RUNNING"
             ),
             token_sha256: row.token_sha256,
+            user_id: row.user_id,
             ports: row.ports.map(|p| tcp_ports(&p)).unwrap_or_default(),
         }
     }
@@ -108,7 +112,7 @@ impl Routes {
             return Ok(Some(route));
         }
         let row: Option<RouteRow> = sqlx::query_as(
-            "SELECT s.status::text AS session_status, s.token_sha256, h.id AS host_id, \
+            "SELECT s.status::text AS session_status, s.token_sha256, s.user_id, h.id AS host_id, \
                     h.status::text AS host_status, host(COALESCE(h.private_ip, h.public_ip)) AS ip, \
                     h.api_port, h.cert_sha256, r.ports \
              FROM sessions s JOIN hosts h ON h.id = s.host_id \
@@ -166,6 +170,7 @@ mod tests {
             host: None,
             session_live: true,
             token_sha256: None,
+            user_id: None,
             ports: tcp_ports(&json!([
                 {"container_port": 5000, "protocol": "udp"},
                 {"container_port": 8081, "protocol": "tcp", "exposure": "proxy"},

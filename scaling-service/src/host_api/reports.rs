@@ -9,7 +9,7 @@ use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use berth_common::host_api::{
     ClaimRequest, DeathNotice, DrainRequest, DrainResponse, Dying, EndNotice, Heartbeat, HostState,
-    Running, RuntimeRow, SealedInit, SessionIds, SessionState, WarmSession,
+    LoginReport, Running, RuntimeRow, SealedInit, SessionIds, SessionState, WarmSession,
 };
 use berth_common::http::{json, ApiError, HttpResponse};
 use berth_common::{SessionId, SessionStatus};
@@ -18,6 +18,7 @@ use hyper::body::Incoming;
 use serde::Serialize;
 
 use super::{body, conflict, database_error, CallingHost};
+use crate::audit::{ActorKind, Entry, Outcome};
 use crate::scaler::Scaler;
 
 fn ok(value: impl Serialize) -> Result<HttpResponse, ApiError> {
@@ -80,6 +81,9 @@ pub(super) async fn handle(
         (Method::POST, ["sessions", id, "warning"]) => {
             warning(scaler, host, session_id(id)?, body(req).await?).await
         }
+        (Method::POST, ["sessions", id, "login"]) => {
+            login(scaler, host, session_id(id)?, body(req).await?).await
+        }
         (_, ["heartbeat" | "drain" | "terminating" | "death"]) => {
             Err(ApiError::method_not_allowed("POST"))
         }
@@ -89,7 +93,8 @@ pub(super) async fn handle(
         (_, ["sessions"]) => Err(ApiError::method_not_allowed("GET, POST")),
         (
             _,
-            ["sessions", "retire"] | ["sessions", _, "claim" | "running" | "dying" | "warning"],
+            ["sessions", "retire"]
+            | ["sessions", _, "claim" | "running" | "dying" | "warning" | "login"],
         ) => Err(ApiError::method_not_allowed("POST")),
         (_, ["sessions", _]) => Err(ApiError::method_not_allowed("GET, DELETE")),
         _ => Err(ApiError::not_found()),
@@ -320,6 +325,52 @@ async fn warning(
     .await
     .map_err(|e| database_error("recording a session's end warning", e))?;
     ok(serde_json::json!({"updated": updated.rows_affected() == 1}))
+}
+
+/// A browser's login at the host's proxy, into the audit trail under the
+/// session's owner. Only the host's own sessions: another's is not found.
+async fn login(
+    scaler: &Scaler,
+    host: &CallingHost,
+    id: SessionId,
+    report: LoginReport,
+) -> Result<HttpResponse, ApiError> {
+    let owner: Option<(Option<String>, String)> = sqlx::query_as(
+        "SELECT s.user_id, h.region FROM sessions s JOIN hosts h ON h.id = s.host_id WHERE s.id = $1 AND s.host_id = $2",
+    )
+    .bind(id)
+    .bind(&host.id)
+    .fetch_optional(&scaler.db)
+    .await
+    .map_err(|e| database_error("reading a session's owner", e))?;
+    let Some((user, region)) = owner else {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "NOT_FOUND",
+            "no such session on this host",
+        ));
+    };
+    // The address is the host's word: kept only if it is an address.
+    let address = report
+        .address
+        .filter(|a| a.parse::<std::net::IpAddr>().is_ok());
+    scaler.audit.record(
+        Entry::new(
+            ActorKind::User,
+            user.as_deref().unwrap_or("-"),
+            "session.login",
+            &id.to_string(),
+        )
+        .region(&region)
+        .address(address)
+        .outcome(if report.accepted {
+            Outcome::Ok
+        } else {
+            Outcome::Refused
+        })
+        .detail(serde_json::json!({"via": "proxy", "host": host.id})),
+    );
+    ok(serde_json::json!({"recorded": true}))
 }
 
 async fn running(

@@ -200,6 +200,21 @@ pub fn jwt(sub: &str, audience: &str, expires_in_s: i64) -> String {
     .unwrap()
 }
 
+/// An operator's JWT: a user token that also carries the operator claim
+/// (the default claim name and value).
+pub fn operator_jwt(sub: &str) -> String {
+    let claims = serde_json::json!({
+        "sub": sub, "aud": AUDIENCE, "iss": ISSUER, "role": ["viewer", "berth-operator"],
+        "exp": chrono::Utc::now().timestamp() + 600,
+    });
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .unwrap()
+}
+
 /// Faults in front of a real provider. Each launch call, by its number:
 /// every `lose_every`th really launches and then reports a lost answer (the
 /// worst case: instances exist, the caller does not know); every

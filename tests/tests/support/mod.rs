@@ -338,4 +338,47 @@ pub async fn running_session(user: &ScalerClient, csid: &str) -> (Assigned, Stri
         .unwrap();
     (assigned, token, ports[0].host_port.expect("a public port"))
 }
+/// Waits until no IP address of this machine is still changing: the warm
+/// containers' veths get IPv6 link-local addresses 1–2 s after they come
+/// up (duplicate address detection), and Chromium aborts every request in
+/// flight on any address change (ERR_NETWORK_CHANGED, "Your connection was
+/// interrupted"). Settled: no tentative address, nothing changed for
+/// ADDRESSES_QUIET. For browser tests to call before driving Chromium.
+pub async fn wait_for_settled_addresses() {
+    /// Addresses still changing after this are not settling.
+    const ADDRESSES_DEADLINE: Duration = Duration::from_secs(20);
+    const ADDRESSES_QUIET: Duration = Duration::from_millis(500);
+    const POLL: Duration = Duration::from_millis(100);
+    /// IFA_F_TENTATIVE in /proc/net/if_inet6's flags column.
+    const TENTATIVE: u32 = 0x40;
+    let read = || std::fs::read_to_string("/proc/net/if_inet6").unwrap_or_default();
+    let tentative = |table: &str| {
+        table.lines().any(|line| {
+            line.split_whitespace()
+                .nth(4)
+                .and_then(|flags| u32::from_str_radix(flags, 16).ok())
+                .is_some_and(|flags| flags & TENTATIVE != 0)
+        })
+    };
+    let deadline = Instant::now() + ADDRESSES_DEADLINE;
+    let mut table = read();
+    let mut unchanged_since = Instant::now();
+    loop {
+        if !tentative(&table) && unchanged_since.elapsed() >= ADDRESSES_QUIET {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the machine's IPv6 addresses still changed after {ADDRESSES_DEADLINE:?} \
+             (Chromium would abort requests with ERR_NETWORK_CHANGED):\n{table}"
+        );
+        tokio::time::sleep(POLL).await;
+        let now = read();
+        if now != table {
+            table = now;
+            unchanged_since = Instant::now();
+        }
+    }
+}
+
 pub mod gateway;
