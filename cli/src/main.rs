@@ -312,10 +312,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             };
             let answer = client.call(Method::POST, &path, body).await?;
             let state = answer.get("state").map(cell).unwrap_or_default();
-            out(
-                &answer,
-                done(&answer, format!("{what} {state}").trim_end()),
-            );
+            out(&answer, done(&answer, format!("{what} {state}").trim_end()));
         }
         Command::Audit {
             actor,

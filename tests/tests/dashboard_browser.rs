@@ -560,6 +560,7 @@ async fn in_a_real_browser_an_operator_watches_the_fleet_live_and_drains_a_host_
     // forged login cookie a 401.
     let user_jwt =
         berth_tests::client::dev_user_token(SECRET, "alice", None, None, Duration::from_secs(600));
+    // "alice" (base64url), a far expiry and a tag the control plane never made.
     let forged = "YWxpY2U.9999999999.00";
     for (method, path, body) in ui_routes()
         .into_iter()

@@ -140,6 +140,33 @@ async fn each_session_is_its_own_origin_reached_only_with_its_own_login() {
         (403, "LOGIN_REFUSED".into()),
         "a spent code"
     );
+    // Logins, refused ones too, are on the audit trail under the session's owner.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let logins: Vec<(String, String)> = sqlx::query_as(
+            "SELECT actor, outcome FROM audit WHERE action = 'session.login' AND target = $1 \
+             AND detail->>'via' = 'gateway' ORDER BY id",
+        )
+        .bind(&a_id)
+        .fetch_all(&gw.system.db.pool)
+        .await
+        .unwrap();
+        if logins.len() >= 2 {
+            assert_eq!(
+                logins,
+                vec![
+                    ("alice".into(), "ok".into()),
+                    ("alice".into(), "refused".into())
+                ]
+            );
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "gateway logins not audited: {logins:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
     let evil = client
         .post(gw.url(&b_id, "/_berth/login"))
         .form(&[("token", b_token.as_str()), ("next", "//evil.example/")])
