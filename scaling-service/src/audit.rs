@@ -81,7 +81,7 @@ impl Entry {
         }
     }
     pub fn region(mut self, region: &str) -> Self {
-        self.region = Some(region.to_owned());
+        self.region = Some(clip(region));
         self
     }
     pub fn address(mut self, address: Option<String>) -> Self {

@@ -26,7 +26,7 @@ schemathesis.openapi.format(
     st.dictionaries(st.text(max_size=10), _values, max_size=4).map(json.dumps),
 )
 
-# Operator surfaces (/metrics; the scaler's /regions) answer the operator token, not the
+# Operator surfaces (/metrics; the scaler's /regions and /v1/operator/…) answer the operator token, not the
 # user's or a session's: on those, the run's own credentials (its -H, named in
 # BERTH_API_CHECK_CALLER_TOKEN) become the operator's. Requests without them, or with
 # credentials a check corrupted, stay as they are and still get the 401.
@@ -45,6 +45,6 @@ def _as_operator(headers):
 
 @schemathesis.hook
 def before_call(ctx, case, kwargs):
-    if case.operation.path in _OPERATOR_PATHS:
+    if case.operation.path in _OPERATOR_PATHS or case.operation.path.startswith("/v1/operator/"):
         _as_operator(case.headers)
         _as_operator(kwargs.get("headers"))

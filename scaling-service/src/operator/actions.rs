@@ -87,6 +87,15 @@ pub(crate) async fn drain_host(
     host_id: &str,
 ) -> Result<Done, ApiError> {
     let record = Record::new(scaler, operator, "host.drain", host_id);
+    if berth_common::HostId::parse(host_id.to_owned()).is_err() {
+        return record
+            .finish(Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                "NOT_FOUND",
+                "no such host",
+            )))
+            .await;
+    }
     let result = async {
         let reason = format!("drained by operator {}", operator.subject);
         let row: Option<(String, String, bool)> = sqlx::query_as(
@@ -181,6 +190,26 @@ pub(crate) async fn end_session(
     }
 }
 
+/// A region name as the regions table allows it; anything else names no region.
+fn known_shape(region: &str) -> Result<(), ApiError> {
+    let mut bytes = region.bytes();
+    let first_ok = bytes
+        .next()
+        .is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
+    if first_ok
+        && region.len() <= 63
+        && bytes.all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+    {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "NOT_FOUND",
+            "no such region",
+        ))
+    }
+}
+
 /// A change of a region's settings; absent fields stay as they are.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -231,6 +260,7 @@ pub(crate) async fn change_region(
 ) -> Result<Done, ApiError> {
     let record = Record::new(scaler, operator, "region.update", region).region(region);
     let result = async {
+        known_shape(region)?;
         change.validate()?;
         let mut tx = scaler.db.begin().await.map_err(db_error)?;
         let before: Option<RegionSettings> = sqlx::query_as(
@@ -315,6 +345,7 @@ pub(crate) async fn start_deploy(
 ) -> Result<Done, ApiError> {
     let record = Record::new(scaler, operator, "deploy.start", region).region(region);
     let result = async {
+        known_shape(region)?;
         let valid = |s: &str, max: usize| {
             s.len() <= max && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.:/".contains(&b))
         };
@@ -352,6 +383,7 @@ pub(crate) async fn release_deploy(
 ) -> Result<Done, ApiError> {
     let record = Record::new(scaler, operator, "deploy.release", region).region(region);
     let result = async {
+        known_shape(region)?;
         let active = deploy::active(&scaler.db, region)
             .await
             .map_err(|e| deploy_error(e.into()))?;
@@ -383,6 +415,7 @@ pub(crate) async fn abort_deploy(
 ) -> Result<Done, ApiError> {
     let record = Record::new(scaler, operator, "deploy.abort", region).region(region);
     let result = async {
+        known_shape(region)?;
         let reason = format!("aborted by operator {}", operator.subject);
         match deploy::abort(&scaler.db, region, &reason).await {
             Ok(id) => {

@@ -188,6 +188,12 @@ impl Query {
     pub(crate) fn parse(query: Option<&str>) -> Result<Self, ApiError> {
         let mut map = HashMap::new();
         for (key, value) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
+            // Text columns hold no NUL, and no filter needs a control character.
+            if value.chars().any(char::is_control) {
+                return Err(ApiError::bad_request(format!(
+                    "query parameter {key:?} holds a control character"
+                )));
+            }
             if map.insert(key.to_string(), value.to_string()).is_some() {
                 return Err(ApiError::bad_request(format!(
                     "query parameter {key:?} is given twice"
