@@ -36,13 +36,13 @@ impl OperatorCredential {
 
     /// Ok when the request carries the operator token.
     pub fn check<B>(&self, req: &Request<B>) -> Result<(), ApiError> {
-        let Some(expected) = &self.token_sha256 else {
+        if self.token_sha256.is_none() {
             return Err(ApiError::new(
                 StatusCode::UNAUTHORIZED,
                 "OPERATOR_ONLY",
                 "this operator surface is off: the service has no BERTH_OPERATOR_TOKEN",
             ));
-        };
+        }
         let refused = || {
             ApiError::new(
                 StatusCode::UNAUTHORIZED,
@@ -51,12 +51,20 @@ impl OperatorCredential {
             )
         };
         let sent = bearer(req).map_err(|_| refused())?;
-        let sent: [u8; 32] = Sha256::digest(sent.as_bytes()).into();
-        if bool::from(sent.ct_eq(expected)) {
+        if self.matches(&sent) {
             Ok(())
         } else {
             Err(refused())
         }
+    }
+
+    /// Whether `token` is the operator token (false when none is configured).
+    pub fn matches(&self, token: &str) -> bool {
+        let Some(expected) = &self.token_sha256 else {
+            return false;
+        };
+        let sent: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        bool::from(sent.ct_eq(expected))
     }
 }
 

@@ -183,20 +183,7 @@ async fn insert(db: &PgPool, entries: &[Entry]) -> Result<(), sqlx::Error> {
 
 /// Flushes `log` every [`FLUSH_EVERY`] until `stop` (and once more then).
 pub async fn run(log: Arc<AuditLog>, db: PgPool, stop: CancellationToken) {
-    let mut every = tokio::time::interval(FLUSH_EVERY);
-    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        let stopping = tokio::select! {
-            _ = stop.cancelled() => true,
-            _ = every.tick() => false,
-        };
-        if let Err(error) = log.flush(&db).await {
-            tracing::warn!(%error, "writing audit records failed; retrying with the next batch");
-        }
-        if stopping {
-            return;
-        }
-    }
+    crate::batching::flush_every(FLUSH_EVERY, stop, "audit records", || log.flush(&db)).await
 }
 
 /// Deletes records older than `days`; the number deleted.

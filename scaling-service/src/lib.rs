@@ -6,6 +6,7 @@ pub mod api;
 pub mod assign;
 pub mod audit;
 pub mod auth;
+pub(crate) mod batching;
 pub mod config;
 pub mod controller;
 pub mod demand;

@@ -14,30 +14,6 @@ use scaling_service::service;
 use serde_json::{json, Value};
 use support::*;
 
-/// `hosts` ACTIVE hosts of `capacity` warm slots on the CURRENT image.
-async fn warm_hosts(db: &TestDb, hosts: i32, capacity: i32) {
-    region(db, 0, 10, capacity).await;
-    sqlx::query("UPDATE regions SET scale_down_grace_s = 3600")
-        .execute(&db.pool)
-        .await
-        .unwrap();
-    sqlx::query(
-        "INSERT INTO hosts (id, region, image_id, client_sha, instance_type, capacity, free_slots, status, public_ip, api_port, cert_sha256, last_heartbeat_at) \
-         SELECT 'i-' || lpad(n::text, 8, '0'), $1, 'ami-11111111', 'sha-1', 't3.large', $2, $2, 'ACTIVE', '127.0.0.1', 4678, repeat('a', 64), now() \
-         FROM generate_series(1, $3) n",
-    )
-    .bind(REGION)
-    .bind(capacity)
-    .bind(hosts)
-    .execute(&db.pool)
-    .await
-    .unwrap();
-    sqlx::query("INSERT INTO sessions (id, host_id, runtime) SELECT gen_random_uuid(), h.id, 'desktop' FROM hosts h, generate_series(1, h.capacity)")
-        .execute(&db.pool)
-        .await
-        .unwrap();
-}
-
 async fn call(method: Method, url: &str, token: Option<&str>, body: Option<Value>) -> (u16, Value) {
     let mut req = reqwest::Client::new().request(method, url);
     if let Some(t) = token {
@@ -79,6 +55,28 @@ async fn audited(
         );
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
+}
+
+/// Every audit record `query` selects, following `next_before` from page to
+/// page (at most `max_pages`, or paging does not end).
+async fn audit_pages(base: &str, query: &str, max_pages: usize) -> Vec<Value> {
+    let mut records = vec![];
+    let mut before: Option<i64> = None;
+    for _ in 0..max_pages {
+        let mut url = format!("{base}/v1/operator/audit?{query}");
+        if let Some(b) = before {
+            url.push_str(&format!("&before={b}"));
+        }
+        let (status, page) =
+            call(Method::GET, &url, Some(berth_testing::OPERATOR_TOKEN), None).await;
+        assert_eq!(status, 200, "{page}");
+        records.extend(page["records"].as_array().unwrap().iter().cloned());
+        match page["next_before"].as_i64() {
+            Some(next) => before = Some(next),
+            None => return records,
+        }
+    }
+    panic!("paging {query} did not end within {max_pages} pages");
 }
 
 /// Every operator route, as (method, path, body).
@@ -500,30 +498,11 @@ async fn the_audit_api_pages_and_filters_ten_thousand_records_and_the_trail_is_a
     let token = berth_testing::OPERATOR_TOKEN;
 
     // Every record exactly once, newest first, across pages of 1,000.
-    let mut ids: Vec<i64> = vec![];
-    let mut before: Option<i64> = None;
-    let mut pages = 0;
-    loop {
-        let mut url = format!("{base}/v1/operator/audit?limit=1000");
-        if let Some(b) = before {
-            url.push_str(&format!("&before={b}"));
-        }
-        let (status, page) = call(Method::GET, &url, Some(token), None).await;
-        assert_eq!(status, 200, "{page}");
-        pages += 1;
-        ids.extend(
-            page["records"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|r| r["id"].as_i64().unwrap()),
-        );
-        match page["next_before"].as_i64() {
-            Some(next) => before = Some(next),
-            None => break,
-        }
-        assert!(pages <= 11, "paging does not end");
-    }
+    let ids: Vec<i64> = audit_pages(&base, "limit=1000", 11)
+        .await
+        .iter()
+        .map(|r| r["id"].as_i64().unwrap())
+        .collect();
     assert_eq!(ids.len(), 10_000);
     assert_eq!(ids.iter().collect::<HashSet<_>>().len(), 10_000);
     assert!(ids.windows(2).all(|w| w[0] > w[1]), "not newest first");
@@ -548,28 +527,14 @@ async fn the_audit_api_pages_and_filters_ten_thousand_records_and_the_trail_is_a
             .fetch_one(&db.pool)
             .await
             .unwrap();
-        let mut seen = 0i64;
-        let mut before: Option<i64> = None;
-        loop {
-            let mut url = format!("{base}/v1/operator/audit?{query}&limit=700");
-            if let Some(b) = before {
-                url.push_str(&format!("&before={b}"));
-            }
-            let (_, page) = call(Method::GET, &url, Some(token), None).await;
-            let records = page["records"].as_array().unwrap();
-            for r in records {
-                for pair in query.split('&') {
-                    let (k, v) = pair.split_once('=').unwrap();
-                    assert_eq!(r[k], json!(v), "{query}: {r}");
-                }
-            }
-            seen += records.len() as i64;
-            match page["next_before"].as_i64() {
-                Some(next) => before = Some(next),
-                None => break,
+        let records = audit_pages(&base, &format!("{query}&limit=700"), 15).await;
+        for r in &records {
+            for pair in query.split('&') {
+                let (k, v) = pair.split_once('=').unwrap();
+                assert_eq!(r[k], json!(v), "{query}: {r}");
             }
         }
-        assert_eq!(seen, expected, "{query}");
+        assert_eq!(records.len() as i64, expected, "{query}");
     }
     // A time window.
     let since = (chrono::Utc::now() - chrono::Duration::seconds(100))

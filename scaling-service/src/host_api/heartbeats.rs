@@ -85,18 +85,5 @@ impl HeartbeatBatch {
 
 /// Flushes `batch` every [`FLUSH_EVERY`] until `stop` (and once more then).
 pub(crate) async fn run(batch: Arc<HeartbeatBatch>, db: sqlx::PgPool, stop: CancellationToken) {
-    let mut every = tokio::time::interval(FLUSH_EVERY);
-    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        let stopping = tokio::select! {
-            _ = stop.cancelled() => true,
-            _ = every.tick() => false,
-        };
-        if let Err(error) = batch.flush(&db).await {
-            tracing::warn!(%error, "writing a batch of heartbeats failed; retrying with the next");
-        }
-        if stopping {
-            return;
-        }
-    }
+    crate::batching::flush_every(FLUSH_EVERY, stop, "heartbeats", || batch.flush(&db)).await
 }

@@ -45,21 +45,35 @@ pub(crate) struct Proven {
     pub expires: Option<u64>,
 }
 
+/// A refusal, and the user it refused when a valid user's JWT was sent (so
+/// the refusal can be recorded without verifying the token again).
+#[derive(Debug)]
+pub(crate) struct Refused {
+    pub error: ApiError,
+    pub user: Option<String>,
+}
+
+impl From<ApiError> for Refused {
+    fn from(error: ApiError) -> Self {
+        Self { error, user: None }
+    }
+}
+
 /// The operator behind `req`, or the typed refusal.
 pub(crate) async fn authenticate<B>(
     scaler: &Scaler,
     req: &Request<B>,
-) -> Result<Operator, ApiError> {
+) -> Result<Operator, Refused> {
     let address = berth_common::http::peer_address(req);
-    if bearer(req).is_ok() {
-        let proven = prove(scaler, req.headers()).await?;
+    if let Ok(token) = bearer(req) {
+        let proven = prove_token(scaler, &token).await?;
         return Ok(Operator {
             subject: proven.subject,
             address,
         });
     }
     let Some(value) = find_cookie(req.headers(), COOKIE_NAME) else {
-        return Err(unauthorized());
+        return Err(unauthorized().into());
     };
     let subject = check_cookie(&scaler.keys.cookies, value).ok_or_else(|| {
         ApiError::new(
@@ -73,32 +87,15 @@ pub(crate) async fn authenticate<B>(
             StatusCode::FORBIDDEN,
             "CROSS_ORIGIN",
             "a change made with the dashboard's cookie must come from the dashboard's own page",
-        ));
+        )
+        .into());
     }
     Ok(Operator { subject, address })
 }
 
-/// Checks a bearer credential (the operator token or an operator JWT).
-pub(crate) async fn prove(scaler: &Scaler, headers: &HeaderMap) -> Result<Proven, ApiError> {
-    let token = headers
-        .get(http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim)
-        .filter(|t| !t.is_empty())
-        .ok_or_else(unauthorized)?;
-    prove_token(scaler, token).await
-}
-
 /// Checks a credential given as text (a header's, or the login form's).
-pub(crate) async fn prove_token(scaler: &Scaler, token: &str) -> Result<Proven, ApiError> {
-    let mut probe = Request::new(());
-    if let Ok(value) = format!("Bearer {token}").parse() {
-        probe
-            .headers_mut()
-            .insert(http::header::AUTHORIZATION, value);
-    }
-    if scaler.config.common.operator().check(&probe).is_ok() {
+pub(crate) async fn prove_token(scaler: &Scaler, token: &str) -> Result<Proven, Refused> {
+    if scaler.config.common.operator().matches(token) {
         return Ok(Proven {
             subject: TOKEN_SUBJECT.to_owned(),
             expires: None,
@@ -106,7 +103,7 @@ pub(crate) async fn prove_token(scaler: &Scaler, token: &str) -> Result<Proven, 
     }
     // Only something shaped like a JWT goes to the verifier.
     if token.split('.').count() != 3 {
-        return Err(unauthorized());
+        return Err(unauthorized().into());
     }
     let verified = scaler.auth.verify(token).await.map_err(|e| match e {
         AuthError::KeysUnavailable(_) => ApiError::new(
@@ -120,14 +117,17 @@ pub(crate) async fn prove_token(scaler: &Scaler, token: &str) -> Result<Proven, 
         &scaler.config.operator_claim,
         &scaler.config.operator_claim_value,
     ) {
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "OPERATOR_ONLY",
-            format!(
-                "this token is a user's: operator routes need the operator token or a token whose {:?} claim is {:?}",
-                scaler.config.operator_claim, scaler.config.operator_claim_value
+        return Err(Refused {
+            error: ApiError::new(
+                StatusCode::FORBIDDEN,
+                "OPERATOR_ONLY",
+                format!(
+                    "this token is a user's: operator routes need the operator token or a token whose {:?} claim is {:?}",
+                    scaler.config.operator_claim, scaler.config.operator_claim_value
+                ),
             ),
-        ));
+            user: Some(verified.subject),
+        });
     }
     Ok(Proven {
         subject: verified.subject,

@@ -14,7 +14,7 @@ pub(crate) mod ui;
 use std::sync::Arc;
 
 use berth_common::http::{ApiError, StreamingBody};
-use http::{Request, Response, StatusCode};
+use http::{Request, Response};
 use hyper::body::Incoming;
 
 use crate::audit::{ActorKind, Entry, Outcome};
@@ -42,8 +42,8 @@ pub(crate) async fn handle_ui(
     ui::handle(scaler, req, path).await
 }
 
-/// The operator behind `req`; a known subject that is refused (a user's
-/// JWT) is recorded in the audit trail.
+/// The operator behind `req`; a user refused (a valid JWT without the
+/// operator claim) is recorded in the audit trail.
 pub(crate) async fn require<B>(
     scaler: &Scaler,
     req: &Request<B>,
@@ -52,23 +52,17 @@ pub(crate) async fn require<B>(
         Ok(operator) => return Ok(operator),
         Err(refused) => refused,
     };
-    if refused.status == StatusCode::FORBIDDEN {
-        let subject = match berth_common::http::bearer(req) {
-            Ok(token) => scaler.auth.user(&token).await.ok(),
-            Err(_) => None,
-        };
-        if let Some(subject) = subject {
-            scaler.audit.record(
-                Entry::new(
-                    ActorKind::User,
-                    &subject,
-                    "operator.refused",
-                    req.uri().path(),
-                )
-                .address(berth_common::http::peer_address(req))
-                .outcome(Outcome::Refused),
-            );
-        }
+    if let Some(subject) = &refused.user {
+        scaler.audit.record(
+            Entry::new(
+                ActorKind::User,
+                subject,
+                "operator.refused",
+                req.uri().path(),
+            )
+            .address(berth_common::http::peer_address(req))
+            .outcome(Outcome::Refused),
+        );
     }
-    Err(refused)
+    Err(refused.error)
 }

@@ -118,9 +118,9 @@ async fn login(scaler: &Scaler, req: Request<Incoming>) -> HttpResponse {
     };
     let proven = match proven {
         Ok(proven) => proven,
-        Err(error) => {
+        Err(refused) => {
             scaler.audit.record(entry("-", Outcome::Refused));
-            return refused_page(error);
+            return refused_page(refused.error);
         }
     };
     let now = berth_common::grant::unix_now();

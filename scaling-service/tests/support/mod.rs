@@ -146,6 +146,32 @@ pub async fn region(db: &TestDb, target: i32, max_hosts: i32, capacity: i32) {
         .unwrap();
 }
 
+/// `hosts` ACTIVE hosts of `capacity` slots on the CURRENT image, all warm.
+pub async fn warm_hosts(db: &TestDb, hosts: i32, capacity: i32) {
+    region(db, 0, 1000, capacity).await;
+    // API tests run real controllers: keep them from scaling these idle
+    // hosts down while the test uses them.
+    sqlx::query("UPDATE regions SET scale_down_grace_s = 3600")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    sqlx::query(
+        "INSERT INTO hosts (id, region, image_id, client_sha, instance_type, capacity, free_slots, status, public_ip, api_port, cert_sha256, last_heartbeat_at) \
+         SELECT 'i-' || lpad(n::text, 8, '0'), $1, 'ami-11111111', 'sha-1', 't3.large', $2, $2, 'ACTIVE', '127.0.0.1', 4678, repeat('a', 64), now() \
+         FROM generate_series(1, $3) n",
+    )
+    .bind(REGION)
+    .bind(capacity)
+    .bind(hosts)
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    sqlx::query("INSERT INTO sessions (id, host_id, runtime) SELECT gen_random_uuid(), h.id, 'desktop' FROM hosts h, generate_series(1, h.capacity)")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+}
+
 /// What host-service does at boot, for every PRE_CONNECTION host: register
 /// ACTIVE and warm one session per slot.
 pub async fn register_hosts(db: &TestDb) -> usize {
