@@ -109,6 +109,14 @@ async fn still_locked(conn: &mut PoolConnection<Postgres>) -> bool {
 /// A region's passes are at least this far apart: a burst of assigns and
 /// freed slots (each a wake) costs one pass, not one each.
 const MIN_PASS_SPACING: Duration = Duration::from_millis(250);
+/// ... and at least this many times the last pass's duration apart, so a
+/// region whose passes grow with its fleet (or slow under load) spends at
+/// most a fifth of its time in them, leaving the database to the assigns.
+const PASS_SPACING_PER_PASS_TIME: u32 = 5;
+
+fn pass_spacing(pass_took: Duration) -> Duration {
+    MIN_PASS_SPACING.max(pass_took * PASS_SPACING_PER_PASS_TIME)
+}
 /// How often a region's controller forgets demand older than the forecast keeps.
 const PRUNE_SPACING: Duration = Duration::from_secs(3600);
 /// A region's instances are listed (DescribeInstances) at most this often;
@@ -136,6 +144,7 @@ pub async fn run_region(scaler: Arc<Scaler>, region: String, mut wake: mpsc::Rec
             }
         }
         let started = Instant::now();
+        let mut pass_took = Duration::ZERO;
         if lock.is_some() {
             let list = listed.is_none_or(|at| at.elapsed() >= LISTING_SPACING);
             if list {
@@ -150,11 +159,9 @@ pub async fn run_region(scaler: Arc<Scaler>, region: String, mut wake: mpsc::Rec
                     tracing::warn!(region, %error, "forgetting old demand failed");
                 }
             }
+            pass_took = started.elapsed();
             scaler.metrics.passes.inc();
-            scaler
-                .metrics
-                .pass_seconds
-                .observe(started.elapsed().as_secs_f64());
+            scaler.metrics.pass_seconds.observe(pass_took.as_secs_f64());
         }
         tokio::select! {
             _ = scaler.stop.cancelled() => break,
@@ -164,7 +171,7 @@ pub async fn run_region(scaler: Arc<Scaler>, region: String, mut wake: mpsc::Rec
         // Wakes meanwhile collapse into the one pending in the channel.
         tokio::select! {
             _ = scaler.stop.cancelled() => break,
-            _ = tokio::time::sleep_until((started + MIN_PASS_SPACING).into()) => {}
+            _ = tokio::time::sleep_until((started + pass_spacing(pass_took)).into()) => {}
         }
     }
     scaler.evidence.not_leading(&region);
@@ -255,6 +262,19 @@ async fn drain_if_still_empty(scaler: &Scaler, host_id: &str, reason: &str) -> R
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn passes_that_take_longer_are_spaced_further_apart() {
+        use std::time::Duration;
+        assert_eq!(
+            super::pass_spacing(Duration::from_millis(3)),
+            super::MIN_PASS_SPACING
+        );
+        assert_eq!(
+            super::pass_spacing(Duration::from_millis(140)),
+            Duration::from_millis(700)
+        );
+    }
+
     #[test]
     fn lock_keys_are_stable_and_distinct() {
         assert_eq!(super::lock_key("us-east-1"), super::lock_key("us-east-1"));

@@ -29,6 +29,9 @@ pub static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
 /// How long a caller may wait for a pooled connection before giving up with
 /// an error instead of hanging.
 pub const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
+/// A pooled connection idle at least this long is pinged before it is handed
+/// out (a server restart meanwhile would have closed it).
+const PING_WHEN_IDLE_FOR: Duration = Duration::from_secs(1);
 
 /// How long the first connection at start may take before the start fails.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -192,6 +195,18 @@ pub async fn connect(
     Ok(PgPoolOptions::new()
         .max_connections(max_connections)
         .acquire_timeout(ACQUIRE_TIMEOUT)
+        // sqlx pings a connection when it returns to the pool and, by default,
+        // again on every acquire: a round trip per query. A connection can only
+        // have broken while it sat idle, so only one idle a while is pinged.
+        .test_before_acquire(false)
+        .before_acquire(|conn, meta| {
+            Box::pin(async move {
+                if meta.idle_for >= PING_WHEN_IDLE_FOR {
+                    sqlx::Connection::ping(conn).await?;
+                }
+                Ok(true)
+            })
+        })
         .connect_lazy_with(options))
 }
 

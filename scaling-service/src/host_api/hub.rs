@@ -112,15 +112,22 @@ impl Hub {
             // A stream whose queue is full is cut: its host re-syncs.
             senders.retain(|(_, tx)| tx.try_send(push()).is_ok());
         };
+        // Only the entries just delivered to can have emptied: a push to one
+        // host costs the same however many hosts stream.
         match host {
             Some(host) => {
                 if let Some(senders) = streams.get_mut(host) {
                     deliver(senders);
+                    if senders.is_empty() {
+                        streams.remove(host);
+                    }
                 }
             }
-            None => streams.values_mut().for_each(deliver),
+            None => {
+                streams.values_mut().for_each(deliver);
+                streams.retain(|_, senders| !senders.is_empty());
+            }
         }
-        streams.retain(|_, senders| !senders.is_empty());
     }
 }
 
