@@ -7,7 +7,8 @@
 //!   `history_periods` periods (days; a weekday counts only weekdays, a
 //!   weekend day only weekend days), averaged, both exactly (a class that
 //!   starts at 9:00 every weekday) and smoothed over `bucket_s` (the diurnal
-//!   rate, with less noise);
+//!   rate, with less noise; a stretch the past periods saw empty is a low
+//!   rate, not none);
 //! * **recent surprise**: the arrival rate of the last `recent_s` (its last
 //!   fifth weighted as much) above the rate the same past windows saw then,
 //!   carried over the horizon: a crowd nobody forecast is followed within a
@@ -102,6 +103,8 @@ const RECENT_SHORT_DIVISOR: i64 = 5;
 const PER_PERIOD: usize = 6;
 /// The wide window reaches this many buckets each side.
 const WIDE_BUCKETS: i64 = 4;
+/// The pseudo-arrival added to the wide windows' count (see [`plan`]).
+const UNSEEN_ARRIVALS: f64 = 0.5;
 
 fn is_weekend(t: DateTime<Utc>) -> bool {
     matches!(t.weekday(), Weekday::Sat | Weekday::Sun)
@@ -201,8 +204,19 @@ pub fn plan(demand: &Demand, floor: i32) -> Plan {
     let (time_of_day, next) = if periods == 0 {
         (None, 0.0)
     } else {
+        // Nobody in the wide windows bounds a rate, it does not make it
+        // zero: n arrivals there estimate (n + ½) (Jeffreys' posterior
+        // mean), so a quiet night whose last few nights happened to see
+        // nobody still keeps a slot for the odd user (one in ten hours is
+        // 0.6 % of a small site's day). `bucket_s` 0 turns smoothing off:
+        // then only the exact windows count.
+        let unseen = if settings.bucket_s > 0 {
+            UNSEEN_ARRIVALS / periods as f64
+        } else {
+            0.0
+        };
         let smooth = (mean(|p| p.smooth) * share(settings.bucket_s.max(0) / 2))
-            .max(mean(|p| p.wide) * share(WIDE_BUCKETS * settings.bucket_s.max(0)));
+            .max((mean(|p| p.wide) + unseen) * share(WIDE_BUCKETS * settings.bucket_s.max(0)));
         (
             Some(mean(|p| p.now).max(smooth)),
             mean(|p| p.next).max(smooth),
@@ -526,6 +540,24 @@ mod tests {
             BufferPolicy.decide(&fixed).as_slice(),
             [Action::Drain { host_id, .. }] if host_id == "ready"
         ));
+    }
+
+    #[test]
+    fn a_stretch_the_past_periods_saw_empty_still_keeps_a_slot_unless_smoothing_is_off() {
+        let demand = |bucket_s| Demand {
+            settings: ForecastSettings {
+                bucket_s,
+                ..ForecastSettings::default()
+            },
+            view: DemandView {
+                past: vec![PastWindows::default(); 2],
+                ..DemandView::default()
+            },
+        };
+        let quiet = plan(&demand(900), 0);
+        assert!(quiet.expected_arrivals > 0.0, "{quiet:?}");
+        assert_eq!(quiet.target_free_slots, 1, "{quiet:?}");
+        assert_eq!(plan(&demand(0), 0).target_free_slots, 0);
     }
 
     #[test]

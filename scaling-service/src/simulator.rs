@@ -16,6 +16,10 @@
 //!
 //! The fleet starts empty at the scored span's start; the history before it
 //! counts only as the forecast's memory (the region ran on before).
+//!
+//! Two references price what no policy can beat: [`oracle`], which knows
+//! every arrival, and [`rate_oracle`], which knows only the true rate they
+//! were drawn at.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
@@ -26,7 +30,7 @@ use chrono::{DateTime, Utc};
 
 use crate::forecast::{Demand, DemandQuery, ForecastSettings};
 use crate::policy::{Action, HostView, Policy, RegionView};
-use crate::trace::{Rng, Trace};
+use crate::trace::{Arrival, Group, Intensity, Rng, Trace};
 
 /// The part of the world the policy does not choose.
 #[derive(Clone, Debug)]
@@ -178,13 +182,14 @@ pub fn replay(
     let mut cold = vec![];
     let (mut launches, mut max_seen, mut keys) = (0usize, 0i32, 0u64);
 
-    // The fullest ACTIVE host with a free slot, as the assign picks.
+    // The fullest ACTIVE host with a free slot, ties by id: the assign's
+    // `ORDER BY h.free_slots, h.id`.
     let pick = |hosts: &[HostView]| {
         hosts
             .iter()
             .enumerate()
             .filter(|(_, h)| h.status == HostStatus::Active && h.free_slots > 0)
-            .min_by_key(|(_, h)| h.free_slots)
+            .min_by_key(|(_, h)| (h.free_slots, &h.id))
             .map(|(i, _)| i)
     };
     let take = |view: &mut RegionView,
@@ -387,12 +392,305 @@ pub fn oracle(trace: &Trace, fleet: &Fleet) -> Outcome {
     outcome(fleet, arrivals, tally)
 }
 
+/// The causal bound ("rate oracle"): the least idle, at `hit_rate`, of a
+/// policy told the demand's true rate but not its arrival times, under the
+/// oracle's own relaxations (sessions movable between hosts, every boot the
+/// shortest `b`, the same billing), so the two differ only in what they know.
+///
+/// It gets the generator's [`Intensity`] (λ(t) and the scheduled groups),
+/// and, generously, when running sessions will end and how many of a group
+/// have come. Every second it keeps registered plus booting slots ≥ busy −
+/// ending + q, q being what the next `b` seconds' arrivals exceed with
+/// probability ≤ `tail` (base stock: nothing launched later serves them),
+/// and stops a host as soon as none of the next `b` seconds needs it.
+/// `tail` is chosen in hindsight: the cheapest of a grid reaching
+/// `hit_rate`.
+///
+/// The scope of the bound: it is the best of this base-stock family (the
+/// newsvendor optimum for a known rate and lead time), not a theorem over
+/// every causal policy; one could still trade the day's misses between
+/// hours more cleverly than one uniform `tail`. Where it exceeds the
+/// oracle by far more than the 0.5 % miss budget could buy back, a target
+/// of a small multiple of the oracle is out of a causal policy's reach.
+pub fn rate_oracle(
+    trace: &Trace,
+    intensity: &Intensity,
+    fleet: &Fleet,
+    hit_rate: f64,
+) -> (Outcome, f64) {
+    const TAILS: [f64; 19] = [
+        0.5, 0.3, 0.2, 0.1, 0.05, 0.03, 0.02, 0.01, 5e-3, 3e-3, 2e-3, 1e-3, 5e-4, 2e-4, 1e-4, 5e-5,
+        2e-5, 1e-5, 1e-6,
+    ];
+    let demand = RateDemand::new(trace, intensity, fleet.boot_delay_s.0.max(1));
+    let runs: Vec<(Outcome, f64)> = TAILS
+        .iter()
+        .map(|&tail| (rate_replay(trace, &demand, fleet, tail), tail))
+        .collect();
+    let cheapest = runs
+        .iter()
+        .filter(|(o, _)| o.warm_hit_rate >= hit_rate)
+        .min_by(|a, b| a.0.idle_instance_hours.total_cmp(&b.0.idle_instance_hours));
+    let warmest = || {
+        runs.iter()
+            .max_by(|a, b| a.0.warm_hit_rate.total_cmp(&b.0.warm_hit_rate))
+    };
+    cheapest.or_else(warmest).cloned().unwrap_or_default()
+}
+
+/// What the rate oracle knows of the demand, precomputed over its span.
+struct RateDemand<'a> {
+    /// The first second it decides at: a boot before the scored span.
+    from: i64,
+    /// The span's end: nobody arrives from then on.
+    end: i64,
+    boot: i64,
+    /// `expected[i]`: Poisson arrivals expected in the seconds before `from + i`.
+    expected: Vec<f64>,
+    groups: &'a [Group],
+    /// Every arrival's second, to count a group's arrivals so far.
+    times: Vec<i64>,
+}
+
+impl<'a> RateDemand<'a> {
+    fn new(trace: &Trace, intensity: &'a Intensity, boot: i64) -> Self {
+        let from = trace.score_from - boot;
+        let mut expected = vec![0.0];
+        let mut sum = 0.0;
+        // Nothing arrives after the span: the bound plans for no one then.
+        for t in from..trace.end + boot {
+            if t >= trace.score_from && t < trace.end {
+                sum += (intensity.per_minute)(t).max(0.0) / 60.0;
+            }
+            expected.push(sum);
+        }
+        Self {
+            from,
+            end: trace.end,
+            boot,
+            expected,
+            groups: &intensity.groups,
+            times: trace.arrivals.iter().map(|a| a.at).collect(),
+        }
+    }
+
+    /// The fewest slots that the arrivals in the seconds `(t, u]` exceed
+    /// with probability at most `tail`.
+    fn quantile(&self, t: i64, u: i64, tail: f64) -> i64 {
+        let at = |s: i64| {
+            self.expected[((s + 1 - self.from).max(0) as usize).min(self.expected.len() - 1)]
+        };
+        let mean = at(u) - at(t);
+        let first = self.groups.partition_point(|g| g.start + g.len_s <= t + 1);
+        let mut binomials = vec![];
+        for g in self.groups[first..]
+            .iter()
+            .take_while(|g| g.start <= u && g.start < self.end)
+        {
+            let end = g.start + g.len_s;
+            let rest_from = g.start.max(t + 1);
+            let seen = self.times.partition_point(|&x| x < rest_from)
+                - self.times.partition_point(|&x| x < g.start);
+            let left = i64::from(g.count) - seen as i64;
+            let overlap = (u + 1).min(end) - rest_from;
+            if left > 0 && overlap > 0 {
+                binomials.push((left as u32, overlap as f64 / (end - rest_from) as f64));
+            }
+        }
+        tail_quantile(mean, &binomials, tail)
+    }
+}
+
+/// The fewest `k` with P(N > k) ≤ `tail`, N Poisson(`mean`) plus independent
+/// binomials `(n, p)`.
+fn tail_quantile(mean: f64, binomials: &[(u32, f64)], tail: f64) -> i64 {
+    let poisson = poisson_pmf(mean.max(0.0));
+    let mut pmf = poisson;
+    for &(n, p) in binomials {
+        let binomial = binomial_pmf(n, p.clamp(0.0, 1.0));
+        let mut sum = vec![0.0; pmf.len() + binomial.len() - 1];
+        for (i, a) in pmf.iter().enumerate() {
+            for (j, b) in binomial.iter().enumerate() {
+                sum[i + j] += a * b;
+            }
+        }
+        pmf = sum;
+    }
+    let mut cdf = 0.0;
+    for (k, p) in pmf.iter().enumerate() {
+        cdf += p;
+        if 1.0 - cdf <= tail {
+            return k as i64;
+        }
+    }
+    pmf.len() as i64
+}
+
+/// Poisson(`mean`) probabilities from 0 until the tail is negligible.
+fn poisson_pmf(mean: f64) -> Vec<f64> {
+    let upto = (mean + 12.0 * mean.sqrt() + 12.0).ceil() as usize;
+    let mut pmf = Vec::with_capacity(upto + 1);
+    if mean < 700.0 {
+        let mut p = (-mean).exp();
+        for n in 0..=upto {
+            pmf.push(p);
+            p *= mean / (n + 1) as f64;
+        }
+    } else {
+        // In logs: e^−mean underflows long before the mass does.
+        let mut ln_p = -mean;
+        for n in 0..=upto {
+            pmf.push(ln_p.exp());
+            ln_p += mean.ln() - ((n + 1) as f64).ln();
+        }
+    }
+    pmf
+}
+
+fn binomial_pmf(n: u32, p: f64) -> Vec<f64> {
+    let n = n as usize;
+    if p >= 1.0 {
+        let mut pmf = vec![0.0; n + 1];
+        pmf[n] = 1.0;
+        return pmf;
+    }
+    let mut pmf = Vec::with_capacity(n + 1);
+    let mut q = (1.0 - p).powi(n as i32);
+    for i in 0..=n {
+        pmf.push(q);
+        q *= (n - i) as f64 / (i + 1) as f64 * p / (1.0 - p);
+    }
+    pmf
+}
+
+/// Counts by second, summed over prefixes: the sessions that end by then.
+struct Fenwick(Vec<i64>);
+
+impl Fenwick {
+    fn add(&mut self, i: usize, n: i64) {
+        let mut i = i + 1;
+        while i <= self.0.len() {
+            self.0[i - 1] += n;
+            i += i & i.wrapping_neg();
+        }
+    }
+    /// The sum over `0..=i`.
+    fn prefix(&self, i: usize) -> i64 {
+        let mut i = (i + 1).min(self.0.len());
+        let mut sum = 0;
+        while i > 0 {
+            sum += self.0[i - 1];
+            i -= i & i.wrapping_neg();
+        }
+        sum
+    }
+}
+
+/// One run of the rate oracle at one `tail`.
+fn rate_replay(trace: &Trace, demand: &RateDemand<'_>, fleet: &Fleet, tail: f64) -> Outcome {
+    let capacity = i64::from(fleet.capacity_per_host.max(1));
+    let boot = demand.boot;
+    let last = trace.end + boot;
+    let second = |s: i64| (s.clamp(demand.from, last) - demand.from) as usize;
+    // Launch times of registered hosts (oldest first) and of booting ones.
+    let mut ready: VecDeque<i64> = VecDeque::new();
+    let mut booting: VecDeque<i64> = VecDeque::new();
+    let mut busy = 0i64;
+    let mut ends: BinaryHeap<Reverse<i64>> = BinaryHeap::new();
+    let mut ending = Fenwick(vec![0; second(last) + 1]);
+    let mut queue: VecDeque<Arrival> = VecDeque::new();
+    let mut tally = Tally::default();
+    let mut next = trace.arrivals.partition_point(|a| a.at < trace.score_from);
+    let scored = trace.arrivals.partition_point(|a| a.at < trace.end) - next;
+
+    for t in demand.from..trace.end {
+        while booting.front().is_some_and(|&l| l + boot <= t) {
+            ready.extend(booting.pop_front());
+        }
+        while ends.peek().is_some_and(|Reverse(e)| *e <= t) {
+            ends.pop();
+            busy -= 1;
+        }
+        // Users waiting take the slots that appeared, in order; then the
+        // second's arrivals, if nobody is ahead of them.
+        while !queue.is_empty() && ready.len() as i64 * capacity > busy {
+            if let Some(a) = queue.pop_front() {
+                tally.waits.push(t - a.at);
+                busy += 1;
+                ends.push(Reverse(t + a.duration_s));
+                ending.add(second(t + a.duration_s), 1);
+                tally.busy_slot_s += (t + a.duration_s).min(trace.end) - t;
+            }
+        }
+        while let Some(&a) = trace.arrivals.get(next).filter(|a| a.at <= t) {
+            next += 1;
+            if !queue.is_empty() || ready.len() as i64 * capacity <= busy {
+                tally.cold_arrivals.push(a.at);
+                queue.push_back(a);
+                continue;
+            }
+            busy += 1;
+            ends.push(Reverse(t + a.duration_s));
+            ending.add(second(t + a.duration_s), 1);
+            tally.busy_slot_s += (t + a.duration_s).min(trace.end) - t;
+        }
+
+        // Capacity needed at `u`: the sessions still running then, and the
+        // arrivals of (t, u] at the tail quantile.
+        let ended_by = ending.prefix(second(t));
+        let need =
+            |u: i64| busy - (ending.prefix(second(u)) - ended_by) + demand.quantile(t, u, tail);
+        let coming = (ready.len() + booting.len()) as i64;
+        let short = need(t + boot) - coming * capacity;
+        if short > 0 {
+            let hosts = ((short + capacity - 1) / capacity)
+                .min(i64::from(fleet.max_hosts) - coming)
+                .max(0);
+            for _ in 0..hosts {
+                booting.push_back(t);
+            }
+            tally.launches += hosts as usize;
+        } else {
+            // Stop a host when none of the next `boot` seconds needs it: up
+            // to each booting host's registration, and the horizon's end.
+            let mut checks: Vec<(i64, i64)> = booting
+                .iter()
+                .map(|&l| l + boot - 1)
+                .chain([t + 1, t + boot / 2, t + boot])
+                .filter(|&u| u > t)
+                .map(|u| (u, need(u)))
+                .collect();
+            checks.sort_unstable();
+            while let Some(&launched) = ready.front() {
+                let keep = ready.len() as i64 - 1;
+                let enough = keep * capacity >= busy
+                    && checks.iter().all(|&(u, needed)| {
+                        let registered = booting.iter().filter(|&&l| l + boot <= u).count();
+                        (keep + registered as i64) * capacity >= needed
+                    });
+                if !enough {
+                    break;
+                }
+                ready.pop_front();
+                tally.instance_s += (t - launched).max(MIN_BILLED_S);
+            }
+        }
+        tally.max_hosts_seen = tally
+            .max_hosts_seen
+            .max((ready.len() + booting.len()) as i32);
+    }
+    for launched in ready.iter().chain(&booting) {
+        tally.instance_s += (trace.end - launched).max(MIN_BILLED_S);
+    }
+    tally.waits.extend(queue.iter().map(|a| trace.end - a.at));
+    outcome(fleet, scored, tally)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::forecast::ForecastPolicy;
     use crate::policy::BufferPolicy;
-    use crate::trace::Arrival;
 
     const T0: i64 = 1_704_412_800;
 
@@ -502,6 +800,99 @@ mod tests {
         // The minimum billing: a 10 s user still costs 60 s past a 0 s boot.
         let short = oracle(&trace(&[(100, 10)], 300), &fleet(0));
         assert!(close(short.instance_hours, 60.0 / 3600.0), "{short:?}");
+    }
+
+    fn no_rate(_: i64) -> f64 {
+        0.0
+    }
+
+    fn one_a_minute_per_hundred(_: i64) -> f64 {
+        0.01
+    }
+
+    #[test]
+    fn the_causal_bound_pays_what_the_oracle_pays_for_a_group_it_knows() {
+        // Four users, scheduled within the minute from 300, each for 600 s:
+        // knowing the schedule, one host launched a boot ahead serves them
+        // all and stops when the last leaves at 930, like the oracle's.
+        let t = trace(&[(300, 600), (310, 600), (320, 600), (330, 600)], 1800);
+        let known = Intensity {
+            per_minute: no_rate,
+            groups: vec![Group {
+                start: T0 + 300,
+                len_s: 60,
+                count: 4,
+            }],
+        };
+        let (bound, _) = rate_oracle(&t, &known, &fleet(60), 0.995);
+        let o = oracle(&t, &fleet(60));
+        assert_eq!((bound.warm, bound.launches), (4, 1), "{bound:?}");
+        assert!(close(bound.instance_hours, 690.0 / 3600.0), "{bound:?}");
+        assert!(close(bound.instance_hours, o.instance_hours), "{o:?}");
+    }
+
+    #[test]
+    fn the_causal_bound_keeps_a_host_through_a_slow_rate_where_the_oracle_boots_for_the_one_user() {
+        // One arrival a hundred minutes: not knowing when, a warm policy
+        // keeps a host the whole half hour; the oracle boots one for the user.
+        let t = trace(&[(300, 600)], 1800);
+        let slow = Intensity {
+            per_minute: one_a_minute_per_hundred,
+            groups: vec![],
+        };
+        let (bound, tail) = rate_oracle(&t, &slow, &fleet(60), 0.995);
+        assert_eq!((bound.warm, bound.launches), (1, 1), "{bound:?}");
+        // P(an arrival within a boot) ≈ 1 %: only a smaller tail keeps a slot.
+        assert!(tail < 0.01, "{tail}");
+        // A host about the whole span (the cheapest tail trims the edges,
+        // where an arrival within the boot is least likely).
+        assert!(
+            (1790.0..=1860.0).contains(&(bound.instance_hours * 3600.0)),
+            "{bound:?}"
+        );
+        assert!(close(oracle(&t, &fleet(60)).instance_hours, 660.0 / 3600.0));
+    }
+
+    #[test]
+    fn the_tail_quantile_adds_what_a_group_surely_brings() {
+        // Poisson(2): P(N > 4) ≈ 5.3 %, P(N > 5) ≈ 1.7 %.
+        assert_eq!(tail_quantile(2.0, &[], 0.05), 5);
+        assert_eq!(tail_quantile(2.0, &[(4, 1.0)], 0.05), 9);
+        assert_eq!(tail_quantile(0.0, &[], 1e-6), 0);
+        // A huge mean does not underflow to nothing.
+        let k = tail_quantile(10_000.0, &[], 0.001);
+        assert!((10_200..10_400).contains(&k), "{k}");
+    }
+
+    #[test]
+    fn a_lone_user_in_a_quiet_stretch_the_past_periods_saw_empty_still_finds_a_warm_slot() {
+        // Two past 6-hour periods, each with users only at 1:00; in the
+        // scored one a lone user at 4:00, where the past periods' windows
+        // (±1 h around it) saw nobody. Nobody seen is not a rate of zero: a
+        // forecast that reads it as zero has let the fleet drain to nothing
+        // and keeps the user waiting for a boot.
+        let period = 6 * 3600;
+        let mut arrivals = vec![];
+        for p in 0..3 {
+            arrivals.extend([(p * period + 3600, 600), (p * period + 3600, 600)]);
+        }
+        arrivals.push((2 * period + 4 * 3600, 600));
+        let mut t = trace(&arrivals, 3 * period);
+        t.score_from = T0 + 2 * period;
+        let region = RegionSettings {
+            target_free_slots: 0,
+            scale_down_grace_s: 60,
+            forecast: Some(ForecastSettings {
+                period_s: period,
+                history_periods: 2,
+                ..ForecastSettings::default()
+            }),
+        };
+        let out = replay(&t, &ForecastPolicy, &region, &fleet(90));
+        assert_eq!(out.arrivals, 3);
+        assert_eq!(out.warm, 3, "the lone user waited: {out:?}");
+        // One host kept through the quiet stretch, not a fleet.
+        assert!(out.max_hosts_seen <= 2, "{out:?}");
     }
 
     #[test]

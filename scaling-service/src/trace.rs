@@ -153,6 +153,24 @@ impl Trace {
     }
 }
 
+/// What a shipped trace's generator knows and a replay does not: the
+/// intensity its arrivals were drawn from (not the arrivals themselves).
+#[derive(Clone, Debug)]
+pub struct Intensity {
+    /// Poisson arrivals per minute at each instant (unix seconds).
+    pub per_minute: fn(i64) -> f64,
+    /// Scheduled groups on top of it.
+    pub groups: Vec<Group>,
+}
+
+/// Exactly `count` arrivals, each at a second uniform in `[start, start + len_s)`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Group {
+    pub start: i64,
+    pub len_s: i64,
+    pub count: u32,
+}
+
 /// SplitMix64: small, seeded, the same on every platform and version.
 #[derive(Clone, Debug)]
 pub struct Rng(u64);
@@ -287,6 +305,30 @@ pub fn diurnal(seed: u64) -> Trace {
     finish("diurnal", arrivals)
 }
 
+fn class_background_rate(t: i64) -> f64 {
+    0.25 * diurnal_rate(t)
+}
+
+/// On weekdays at 9, 10, 11, 13, 14 and 15 o'clock, 30 students within the minute.
+fn classes() -> Vec<Group> {
+    let end = TRACE_START + (HISTORY_DAYS + SCORED_DAYS) * DAY;
+    let mut groups = vec![];
+    let mut day = TRACE_START;
+    while day < end {
+        if !weekend(day) {
+            for hour in [9, 10, 11, 13, 14, 15] {
+                groups.push(Group {
+                    start: day + hour * 3600,
+                    len_s: 60,
+                    count: 30,
+                });
+            }
+        }
+        day += DAY;
+    }
+    groups
+}
+
 /// A quarter of the diurnal demand, plus classes: on weekdays at 9, 10, 11,
 /// 13, 14 and 15 o'clock, 30 students arrive within the minute and stay
 /// 45–55 minutes.
@@ -298,26 +340,42 @@ pub fn class_bursts(seed: u64) -> Trace {
         &mut rng,
         TRACE_START,
         end,
-        |t| 0.25 * diurnal_rate(t),
+        class_background_rate,
         working_sessions,
         &mut arrivals,
     );
-    let mut day = TRACE_START;
-    while day < end {
-        if !weekend(day) {
-            for hour in [9, 10, 11, 13, 14, 15] {
-                let class = day + hour * 3600;
-                for _ in 0..30 {
-                    arrivals.push(Arrival {
-                        at: class + rng.between(0, 59),
-                        duration_s: rng.between(45 * 60, 55 * 60),
-                    });
-                }
-            }
+    for class in classes() {
+        for _ in 0..class.count {
+            arrivals.push(Arrival {
+                at: class.start + rng.between(0, class.len_s - 1),
+                duration_s: rng.between(45 * 60, 55 * 60),
+            });
         }
-        day += DAY;
     }
     finish("class-bursts", arrivals)
+}
+
+/// The flash crowd starts on the scored Friday at 14:20.
+const CROWD_FROM: i64 = TRACE_START + HISTORY_DAYS * DAY + 14 * 3600 + 20 * 60;
+
+/// The crowd's extra arrivals a minute.
+fn crowd_rate(t: i64) -> f64 {
+    let m = (t - CROWD_FROM) as f64 / 60.0;
+    if m < 0.0 {
+        0.0
+    } else if m < 5.0 {
+        12.0 * m / 5.0
+    } else if m < 20.0 {
+        12.0
+    } else if m < 30.0 {
+        12.0 * (30.0 - m) / 10.0
+    } else {
+        0.0
+    }
+}
+
+fn flash_crowd_rate(t: i64) -> f64 {
+    diurnal_rate(t) + crowd_rate(t)
 }
 
 /// The diurnal demand, and on the scored Friday a crowd nobody forecast: from
@@ -326,32 +384,29 @@ pub fn class_bursts(seed: u64) -> Trace {
 pub fn flash_crowd(seed: u64) -> Trace {
     let mut trace = diurnal(seed);
     let mut rng = Rng::new(seed ^ 0xF1A5);
-    let from = TRACE_START + HISTORY_DAYS * DAY + 14 * 3600 + 20 * 60;
-    let crowd = |t: i64| {
-        let m = (t - from) as f64 / 60.0;
-        if m < 0.0 {
-            0.0
-        } else if m < 5.0 {
-            12.0 * m / 5.0
-        } else if m < 20.0 {
-            12.0
-        } else if m < 30.0 {
-            12.0 * (30.0 - m) / 10.0
-        } else {
-            0.0
-        }
-    };
+    let from = CROWD_FROM;
     poisson_arrivals(
         &mut rng,
         from,
         from + 30 * 60,
-        crowd,
+        crowd_rate,
         |rng| rng.lognormal(900.0, 0.7, 60, 3 * 3600),
         &mut trace.arrivals,
     );
     let mut trace = finish("flash-crowd", trace.arrivals);
     trace.name = "flash-crowd".into();
     trace
+}
+
+fn quiet_night_rate(t: i64) -> f64 {
+    let h = hour_of(t);
+    let day = if (8.0..18.0).contains(&h) {
+        0.5 * (std::f64::consts::PI * (h - 8.0) / 10.0).sin().powi(2)
+    } else {
+        0.0
+    };
+    let day = if weekend(t) { 0.15 * day } else { day };
+    day + 0.1 / 60.0
 }
 
 /// A small site with a long quiet night: 0.5 arrivals a minute at the
@@ -361,21 +416,11 @@ pub fn quiet_night(seed: u64) -> Trace {
     let mut rng = Rng::new(seed);
     let mut arrivals = vec![];
     let end = TRACE_START + (HISTORY_DAYS + SCORED_DAYS) * DAY;
-    let rate = |t: i64| {
-        let h = hour_of(t);
-        let day = if (8.0..18.0).contains(&h) {
-            0.5 * (std::f64::consts::PI * (h - 8.0) / 10.0).sin().powi(2)
-        } else {
-            0.0
-        };
-        let day = if weekend(t) { 0.15 * day } else { day };
-        day + 0.1 / 60.0
-    };
     poisson_arrivals(
         &mut rng,
         TRACE_START,
         end,
-        rate,
+        quiet_night_rate,
         |rng| rng.lognormal(2400.0, 0.7, 60, 6 * 3600),
         &mut arrivals,
     );
@@ -384,7 +429,30 @@ pub fn quiet_night(seed: u64) -> Trace {
 
 /// The shipped scenarios, each from its fixed seed.
 pub fn shipped() -> Vec<Trace> {
-    vec![diurnal(1), class_bursts(2), flash_crowd(3), quiet_night(4)]
+    shipped_with_intensity()
+        .into_iter()
+        .map(|(t, _)| t)
+        .collect()
+}
+
+/// The shipped scenarios with the intensity each was drawn from.
+pub fn shipped_with_intensity() -> Vec<(Trace, Intensity)> {
+    let poisson = |per_minute| Intensity {
+        per_minute,
+        groups: vec![],
+    };
+    vec![
+        (diurnal(1), poisson(diurnal_rate)),
+        (
+            class_bursts(2),
+            Intensity {
+                per_minute: class_background_rate,
+                groups: classes(),
+            },
+        ),
+        (flash_crowd(3), poisson(flash_crowd_rate)),
+        (quiet_night(4), poisson(quiet_night_rate)),
+    ]
 }
 
 #[cfg(test)]
