@@ -151,17 +151,23 @@ fn route(head: &Head, reader: &mut impl BufRead, out: &mut TcpStream) -> io::Res
             let Some(total) = n.and_then(|n| n.parse::<usize>().ok()) else {
                 return Ok(bad("400 Bad Request", "/stream needs ?bytes=N"));
             };
-            let mut out = io::BufWriter::new(out);
-            out.write_all(b"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\n")?;
-            out.write_all(b"Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n")?;
+            out.write_all(b"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n")?;
+            // The pattern repeats every 26 bytes: every chunk is a slice of one
+            // buffer, written with its framing in one call. Benchmarks stream
+            // through this app on a machine whose cores the proxies under test
+            // share; making each byte would take CPU from them.
+            let pattern: Vec<u8> = (0..CHUNK + 26).map(|i| b'a' + (i % 26) as u8).collect();
+            let mut framed = Vec::with_capacity(CHUNK + 16);
             for start in (0..total).step_by(CHUNK) {
-                let end = total.min(start + CHUNK);
-                let chunk: Vec<u8> = (start..end).map(|i| b'a' + (i % 26) as u8).collect();
-                write!(out, "{:x}\r\n", chunk.len())?;
-                out.write_all(&[&chunk[..], b"\r\n"].concat())?;
+                let len = CHUNK.min(total - start);
+                let offset = start % 26;
+                framed.clear();
+                framed.extend_from_slice(format!("{len:x}\r\n").as_bytes());
+                framed.extend_from_slice(&pattern[offset..offset + len]);
+                framed.extend_from_slice(b"\r\n");
+                out.write_all(&framed)?;
             }
-            out.write_all(b"0\r\n\r\n")?;
-            out.flush().map(|()| None)
+            out.write_all(b"0\r\n\r\n").map(|()| None)
         }
         ("POST", "/upload") => {
             continue_100(out, head)?;
