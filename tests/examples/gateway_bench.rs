@@ -51,6 +51,7 @@ async fn latencies(client: &reqwest::Client, url: &str, auth: &[(&str, String)])
 
 /// MiB/s of one `STREAM_BYTES` download.
 async fn throughput(client: &reqwest::Client, url: &str, auth: &[(&str, String)]) -> f64 {
+    eprintln!("streaming {STREAM_BYTES} bytes from {url}");
     let mut request = client.get(format!("{url}?bytes={STREAM_BYTES}"));
     for (name, value) in auth {
         request = request.header(*name, value);
