@@ -58,10 +58,22 @@ pub async fn current_plan(db: &PgPool, region: &str) -> Result<Option<Plan>, DbE
     let Some(settings) = row.forecast() else {
         return Ok(None);
     };
+    // Launches come a host at a time, of the preferred type: the
+    // controller's view's capacity.
+    let capacity = match row.instance_types.first() {
+        Some(t) => match crate::state::capacity_of(db, t).await {
+            Ok(c) => c,
+            Err(crate::state::StateError::Db(e)) => return Err(e),
+            // The controller cannot launch here either: plan slot by slot.
+            Err(_) => 1,
+        },
+        None => 1,
+    };
     let view = read(db, region, &settings, Utc::now()).await?;
     Ok(Some(plan(
         &Demand { settings, view },
         row.target_free_slots,
+        capacity,
     )))
 }
 

@@ -16,8 +16,12 @@
 //!   minute ago) is not mistaken for a rate that goes on. Without history the
 //!   whole recent rate is the surprise.
 //!
-//! The target is the fewest free slots that serve that many Poisson arrivals
-//! at `hit_rate` (expected arrivals finding no slot ≤ (1 − hit_rate) × mean).
+//! (Each term counts only beyond its own Poisson noise: past exact windows
+//! two standard deviations above the smooth rate, a recent rate one above
+//! the past's.) The target is the fewest free slots that serve that many
+//! Poisson arrivals at `hit_rate` (expected arrivals finding no slot ≤
+//! (1 − hit_rate) × mean), on average over the 0 to capacity − 1 slots a
+//! launch of whole hosts leaves above it.
 //! Scale-down keeps the larger of that and the next horizon's need, after the
 //! region's idle grace: hysteresis, so a host is not drained just before a
 //! burst the history knows about. The policy never launches above
@@ -105,6 +109,12 @@ const PER_PERIOD: usize = 6;
 const WIDE_BUCKETS: i64 = 4;
 /// The pseudo-arrival added to the wide windows' count (see [`plan`]).
 const UNSEEN_ARRIVALS: f64 = 0.5;
+/// A recent rate this many standard deviations above the past's is a
+/// surprise; within them it is the past's rate's own noise.
+const SURPRISE_SDS: f64 = 1.0;
+/// Past exact windows this many standard deviations above the smooth rate
+/// are a burst the history knows; within them, noise.
+const EXACT_SDS: f64 = 2.0;
 
 fn is_weekend(t: DateTime<Utc>) -> bool {
     matches!(t.weekday(), Weekday::Sat | Weekday::Sun)
@@ -192,7 +202,7 @@ pub struct Plan {
 
 /// The free slots a region needs, and why. `floor` is the region's
 /// `target_free_slots`, a minimum on this policy.
-pub fn plan(demand: &Demand, floor: i32) -> Plan {
+pub fn plan(demand: &Demand, floor: i32, capacity_per_host: i32) -> Plan {
     let settings = &demand.settings;
     let view = &demand.view;
     let horizon = settings.horizon_s.max(1) as f64;
@@ -217,24 +227,31 @@ pub fn plan(demand: &Demand, floor: i32) -> Plan {
         };
         let smooth = (mean(|p| p.smooth) * share(settings.bucket_s.max(0) / 2))
             .max((mean(|p| p.wide) + unseen) * share(WIDE_BUCKETS * settings.bucket_s.max(0)));
-        (
-            Some(mean(|p| p.now).max(smooth)),
-            mean(|p| p.next).max(smooth),
-        )
+        // The exact windows count where they stand out from the smooth
+        // rate beyond its noise (a class at 9:00); within it, averaging a
+        // few Poisson counts with their maximum only adds the noise.
+        let noise = EXACT_SDS * (smooth / periods as f64).sqrt();
+        let exact = |n: f64| if n > smooth + noise { n } else { smooth };
+        (Some(exact(mean(|p| p.now))), exact(mean(|p| p.next)))
     };
     let recent_s = settings.recent_s.max(1) as f64;
     let short_s = (settings.recent_s / RECENT_SHORT_DIVISOR).max(1) as f64;
     let rate = |long: f64, short: f64| (long / recent_s + short / short_s) / 2.0;
     let rate_now = rate(f64::from(view.recent), f64::from(view.recent_short));
-    let rate_then = if periods == 0 {
-        0.0
+    let (rate_then, noise) = if periods == 0 {
+        (0.0, 0.0)
     } else {
-        rate(mean(|p| p.recent), mean(|p| p.recent_short))
+        let (long, short) = (mean(|p| p.recent), mean(|p| p.recent_short));
+        // One standard deviation of the recent rate had it gone on at the
+        // past's rate (Poisson counts): an excess within it is chance.
+        let sd = (long / (recent_s * recent_s) + short / (short_s * short_s)).sqrt() / 2.0;
+        (rate(long, short), SURPRISE_SDS * sd)
     };
-    let recent = horizon * (rate_now - rate_then).max(0.0);
+    let recent = horizon * (rate_now - rate_then - noise).max(0.0);
     let expected = time_of_day.unwrap_or(0.0) + recent;
-    let target = slots_for(expected, settings.hit_rate).max(floor);
-    let keep = slots_for(expected.max(next), settings.hit_rate).max(target);
+    let step = capacity_per_host.max(1);
+    let target = slots_for_hosts(expected, settings.hit_rate, step).max(floor);
+    let keep = slots_for_hosts(expected.max(next), settings.hit_rate, step).max(target);
     let reason = format!(
         "{expected:.1} arrivals expected in the next {h} s ({tod}, plus {recent:.1} from the recent rate above it): \
          {target} free slots serve them at {pct:.1} % warm; scale-down keeps {keep} \
@@ -293,6 +310,35 @@ pub fn slots_for(mean: f64, hit_rate: f64) -> i32 {
     100_000
 }
 
+/// The fewest free slots `k` that serve Poisson(`mean`) arrivals at
+/// `hit_rate` when slots come `step` at a time (whole hosts).
+pub fn slots_for_hosts(mean: f64, hit_rate: f64, step: i32) -> i32 {
+    if step <= 1 || mean.is_nan() || mean <= 0.0 || mean > 500.0 {
+        return slots_for(mean, hit_rate);
+    }
+    let allowed = (1.0 - hit_rate).max(0.0) * mean;
+    // shortfall(k) for k = 0, 1, …: E[(N−k)⁺] = mean·P(N ≥ k) − k·P(N ≥ k+1).
+    let mut shortfalls: Vec<f64> = vec![];
+    let mut pmf = (-mean).exp();
+    let mut cdf_below_k: f64 = 0.0;
+    let step = step as usize;
+    for k in 0..100_000usize {
+        let at_least_k = (1.0 - cdf_below_k).max(0.0);
+        let at_least_next = (1.0 - cdf_below_k - pmf).max(0.0);
+        shortfalls.push((mean * at_least_k - k as f64 * at_least_next).max(0.0));
+        if k + 1 >= step {
+            let first = k + 1 - step;
+            let average = shortfalls[first..].iter().sum::<f64>() / step as f64;
+            if average <= allowed {
+                return first as i32;
+            }
+        }
+        cdf_below_k += pmf;
+        pmf *= mean / (k + 1) as f64;
+    }
+    100_000
+}
+
 /// The `z` whose standard normal shortfall E[(Z − z)⁺] is `target`.
 fn normal_shortfall_z(target: f64) -> f64 {
     let shortfall = |z: f64| {
@@ -338,7 +384,7 @@ impl Policy for ForecastPolicy {
                 false,
             ),
             Some(demand) => {
-                let plan = plan(demand, region.target_free_slots);
+                let plan = plan(demand, region.target_free_slots, region.capacity_per_host);
                 buffer_decide(region, plan.target_free_slots, plan.keep_free_slots, true)
             }
         }
@@ -379,6 +425,58 @@ mod tests {
         // At scale the allowance (0.5 % of the mean) lets the target sit
         // a little below the mean itself.
         assert!((9_900..10_100).contains(&big), "{big}");
+    }
+
+    #[test]
+    fn whole_hosts_meet_the_hit_rate_on_average_over_their_overshoot() {
+        // Launching a host at a time leaves the target plus 0 to 3 free
+        // slots, evenly as users take them one by one.
+        for mean in [0.3, 1.3, 4.2, 12.0, 60.0] {
+            let k = slots_for_hosts(mean, 0.995, 4);
+            let average = |k: i32| (k..k + 4).map(|j| shortfall(mean, j)).sum::<f64>() / 4.0;
+            assert!(average(k) <= 0.005 * mean + 1e-12, "mean {mean}");
+            assert!(k == 0 || average(k - 1) > 0.005 * mean, "mean {mean}: {k}");
+            assert!(k <= slots_for(mean, 0.995), "mean {mean}");
+            assert_eq!(slots_for_hosts(mean, 0.995, 1), slots_for(mean, 0.995));
+        }
+        // A small site's peak: one host's worth, not two.
+        assert_eq!(slots_for(1.3, 0.995), 5);
+        assert_eq!(slots_for_hosts(1.3, 0.995, 4), 4);
+        assert_eq!(slots_for_hosts(0.0, 0.995, 4), 0);
+    }
+
+    #[test]
+    fn a_rate_within_its_own_noise_is_neither_a_surprise_nor_a_known_burst() {
+        // Five past days saw 1.3 arrivals per horizon here, 2.6 per recent
+        // window: one more user in the last minute, and a past exact window
+        // a little above the smooth rate, are chance.
+        let past = PastWindows {
+            now: 2,
+            next: 2,
+            smooth: 9,
+            wide: 9 * 1_950 / 1_050,
+            recent: 3,
+            recent_short: 1,
+        };
+        let demand = |recent, recent_short| Demand {
+            settings: ForecastSettings::default(),
+            view: DemandView {
+                recent,
+                recent_short,
+                past: vec![past; 5],
+            },
+        };
+        let usual = plan(&demand(3, 2), 0, 4);
+        assert_eq!(usual.recent, 0.0, "{usual:?}");
+        let smooth = 9.0 * 150.0 / 1_050.0;
+        assert!(
+            (usual.time_of_day.unwrap_or(0.0) - smooth).abs() < 1e-9,
+            "{usual:?}"
+        );
+        assert!(usual.target_free_slots <= 4, "{usual:?}");
+        // Ten in the last minute is a crowd.
+        let crowd = plan(&demand(12, 10), 0, 4);
+        assert!(crowd.recent > 5.0, "{crowd:?}");
     }
 
     fn at(day: u32, h: u32, m: u32) -> DateTime<Utc> {
@@ -434,8 +532,8 @@ mod tests {
                 past,
             },
         };
-        let before = plan(&demand(vec![quiet; 5]), 0);
-        let ahead = plan(&demand(vec![burst; 5]), 0);
+        let before = plan(&demand(vec![quiet; 5]), 0, 1);
+        let ahead = plan(&demand(vec![burst; 5]), 0, 1);
         assert!(before.target_free_slots <= 3, "{before:?}");
         assert!(ahead.target_free_slots >= 30, "{ahead:?}");
         assert!(
@@ -454,6 +552,7 @@ mod tests {
                 5
             ]),
             0,
+            1,
         );
         assert!(
             soon.target_free_slots <= 3 && soon.keep_free_slots >= 30,
@@ -477,10 +576,10 @@ mod tests {
                 past,
             },
         };
-        let known = plan(&demand(vec![after_class; 5]), 0);
+        let known = plan(&demand(vec![after_class; 5]), 0, 1);
         assert_eq!(known.recent, 0.0, "{known:?}");
         assert!(known.target_free_slots <= 10, "{known:?}");
-        let crowd = plan(&demand(vec![PastWindows::default(); 5]), 0);
+        let crowd = plan(&demand(vec![PastWindows::default(); 5]), 0, 1);
         // (30/300 + 30/60)/2 = 0.3/s over 150 s.
         assert!((crowd.recent - 45.0).abs() < 1e-9, "{crowd:?}");
         assert!(crowd.target_free_slots > 45);
@@ -554,10 +653,10 @@ mod tests {
                 ..DemandView::default()
             },
         };
-        let quiet = plan(&demand(900), 0);
+        let quiet = plan(&demand(900), 0, 1);
         assert!(quiet.expected_arrivals > 0.0, "{quiet:?}");
         assert_eq!(quiet.target_free_slots, 1, "{quiet:?}");
-        assert_eq!(plan(&demand(0), 0).target_free_slots, 0);
+        assert_eq!(plan(&demand(0), 0, 1).target_free_slots, 0);
     }
 
     #[test]
@@ -570,7 +669,7 @@ mod tests {
                 past: vec![],
             },
         };
-        let p = plan(&demand, 0);
+        let p = plan(&demand, 0, 1);
         // 0.2/s over 300 s and 0.333/s over 60 s: 0.267/s × 150 s = 40.
         assert!((p.recent - 40.0).abs() < 1e-9, "{p:?}");
         assert!(p.target_free_slots > 40);
@@ -579,7 +678,7 @@ mod tests {
             view: DemandView::default(),
             ..demand
         };
-        assert_eq!(plan(&idle, 0).target_free_slots, 0);
-        assert_eq!(plan(&idle, 3).target_free_slots, 3);
+        assert_eq!(plan(&idle, 0, 1).target_free_slots, 0);
+        assert_eq!(plan(&idle, 3, 1).target_free_slots, 3);
     }
 }
