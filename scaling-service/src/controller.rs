@@ -111,11 +111,14 @@ async fn still_locked(conn: &mut PoolConnection<Postgres>) -> bool {
 const MIN_PASS_SPACING: Duration = Duration::from_millis(250);
 /// ... and at least this many times the last pass's duration apart, so a
 /// region whose passes grow with its fleet (or slow under load) spends at
-/// most a fifth of its time in them, leaving the database to the assigns.
+/// most a fifth of its time in them, leaving the database to the assigns ...
 const PASS_SPACING_PER_PASS_TIME: u32 = 5;
+/// ... but never further than this: a pass that waited on the cloud (a
+/// launch) must not hold back the next one.
+const MAX_PASS_SPACING: Duration = Duration::from_secs(1);
 
 fn pass_spacing(pass_took: Duration) -> Duration {
-    MIN_PASS_SPACING.max(pass_took * PASS_SPACING_PER_PASS_TIME)
+    (pass_took * PASS_SPACING_PER_PASS_TIME).clamp(MIN_PASS_SPACING, MAX_PASS_SPACING)
 }
 /// How often a region's controller forgets demand older than the forecast keeps.
 const PRUNE_SPACING: Duration = Duration::from_secs(3600);
@@ -272,6 +275,10 @@ mod tests {
         assert_eq!(
             super::pass_spacing(Duration::from_millis(140)),
             Duration::from_millis(700)
+        );
+        assert_eq!(
+            super::pass_spacing(Duration::from_secs(20)),
+            super::MAX_PASS_SPACING
         );
     }
 
