@@ -207,9 +207,12 @@ async fn every_command_does_what_it_says_and_is_on_record() {
         )
         .await,
     );
-    assert_eq!(
-        one(&db, "SELECT state::text FROM deploys").await,
-        "BUFFERING"
+    // The region's controller may already have filled the new image's
+    // buffer (a pass can run between the command and this read).
+    let state = one(&db, "SELECT state::text FROM deploys").await;
+    assert!(
+        state == "BUFFERING" || state == "READY",
+        "a started deploy is BUFFERING or READY, not {state}"
     );
     stdout(&berth(&url, &ops, &["deploy", "release", REGION]).await);
     assert_eq!(
