@@ -2,7 +2,10 @@
 //! region order then fullest host first, the region's CURRENT image and the
 //! client's commit, `FOR UPDATE … SKIP LOCKED` so concurrent assigns never
 //! take the same session, a fresh token (only its hash stored), and a guarded
-//! free-slot decrement. Idempotent per (user, client_session_id).
+//! free-slot decrement. Idempotent per (user, client_session_id). The common
+//! case is one database call (`assign_session`, a function the migrations
+//! define); only when concurrent assigns hold the first choices does a
+//! transaction here look further, host by host.
 
 use berth_common::auth::new_session_token;
 use berth_common::db::DbError;
@@ -139,7 +142,13 @@ pub async fn assign(
     let mut attempt = 0;
     loop {
         attempt += 1;
-        match assign_once(db, user, request).await {
+        let tried = match in_one_call(db, user, request).await {
+            Ok(Some(done)) => Ok(done),
+            // The heads of the pick order were taken: look further, host by host.
+            Ok(None) => assign_once(db, user, request).await,
+            Err(e) => Err(e),
+        };
+        match tried {
             Err(AssignError::Db(DbError::Query {
                 source: sqlx::Error::Database(e),
                 ..
@@ -151,6 +160,92 @@ pub async fn assign(
     }
 }
 
+/// What the database's `assign_session` answers (see its migration).
+#[derive(sqlx::FromRow)]
+struct OneCall {
+    outcome: String,
+    session_id: Option<Uuid>,
+    session_status: Option<SessionStatus>,
+    host_id: Option<String>,
+    ip: Option<String>,
+    api_port: Option<i32>,
+    cert_sha256: Option<String>,
+    region: Option<String>,
+    detail: Option<String>,
+}
+
+/// The common assign as one statement (its own transaction): the user's
+/// lock, a repeat, the checks and the allocation at the head of each region's
+/// pick order. `None` when every head was taken or none qualifies: nothing
+/// changed, and [`assign_once`] looks further.
+async fn in_one_call(
+    db: &PgPool,
+    user: &str,
+    request: &AssignRequest,
+) -> Result<Option<Assigned>, AssignError> {
+    let token = new_session_token();
+    let answer: OneCall = sqlx::query_as(
+        "SELECT outcome, session_id, session_status, host_id, ip, api_port, cert_sha256, region, detail \
+         FROM assign_session($1, $2, $3, $4, $5, $6)",
+    )
+    .bind(user)
+    .bind(&request.runtime)
+    .bind(&request.regions)
+    .bind(&request.client_commit)
+    .bind(&request.client_session_id)
+    .bind(&token.sha256_hex)
+    .fetch_one(db)
+    .await
+    .map_err(q("assigning a session"))?;
+    let detail = answer.detail.unwrap_or_default();
+    let session = |token: Option<String>, created: bool| -> Result<Assigned, AssignError> {
+        let (Some(session_id), Some(status), Some(id), Some(region)) = (
+            answer.session_id,
+            answer.session_status,
+            answer.host_id.clone(),
+            answer.region.clone(),
+        ) else {
+            return Err(unexpected("a session without its host"));
+        };
+        Ok(Assigned {
+            session_id,
+            status,
+            token,
+            host: HostInfo {
+                id,
+                ip: answer.ip.clone(),
+                api_port: answer.api_port,
+                cert_sha256: answer.cert_sha256.clone(),
+                region,
+            },
+            created,
+        })
+    };
+    match answer.outcome.as_str() {
+        "allocated" => session(Some(token.token), true).map(Some),
+        "reissued" => session(Some(token.token), false).map(Some),
+        "repeated" => session(None, false).map(Some),
+        "ending" => Err(AssignError::Ending),
+        "region_not_enabled" => Err(AssignError::RegionNotEnabled(detail)),
+        "unknown_runtime" => Err(AssignError::UnknownRuntime(request.runtime.clone())),
+        "user_limit" => Err(AssignError::UserLimit(detail.parse().unwrap_or_default())),
+        "pick" => Ok(None),
+        other => Err(unexpected(&format!("the unknown outcome {other:?}"))),
+    }
+}
+
+/// The schema and this binary disagree about `assign_session` (the startup
+/// migration check makes this a bug, not an operator's mistake).
+fn unexpected(what: &str) -> AssignError {
+    AssignError::Db(DbError::Query {
+        doing: "assigning a session",
+        source: sqlx::Error::Protocol(format!("assign_session answered {what}")),
+    })
+}
+
+/// The assign as a transaction, for when [`in_one_call`] found the heads of
+/// the pick order taken: the same checks (a concurrent repeat may have landed
+/// meanwhile), then host by host through [`pick`].
 async fn assign_once(
     db: &PgPool,
     user: &str,
@@ -199,20 +294,6 @@ async fn assign_once(
         return Err(AssignError::UserLimit(used));
     }
     let token = new_session_token();
-    for region in &request.regions {
-        if let Some((session_id, host)) =
-            allocate_at_once(&mut tx, user, request, region, &token.sha256_hex, min_gpus).await?
-        {
-            tx.commit().await.map_err(q("committing the assign"))?;
-            return Ok(Assigned {
-                session_id,
-                status: SessionStatus::Allocated,
-                token: Some(token.token),
-                host,
-                created: true,
-            });
-        }
-    }
     let (session_id, host_id) = match pick(&mut tx, request, min_gpus).await? {
         Some(picked) => picked,
         None if min_gpus > 0 => {
@@ -300,56 +381,6 @@ async fn repeat(
         host,
         created: false,
     }))
-}
-
-#[derive(sqlx::FromRow)]
-struct AllocatedAtOnce {
-    session_id: Uuid,
-    #[sqlx(flatten)]
-    host: HostInfo,
-}
-
-/// The common case in one round trip: the host [`pick_host`] would pick in
-/// `region`, one of its warm sessions (both locked, skipping rows concurrent
-/// assigns hold), its slot taken and the session allocated. `None` when that
-/// host has no warm session left to lock (or none qualifies): then [`pick`]
-/// looks further, host by host.
-async fn allocate_at_once(
-    tx: &mut PgConnection,
-    user: &str,
-    request: &AssignRequest,
-    region: &str,
-    token_sha256: &str,
-    min_gpus: i32,
-) -> Result<Option<(Uuid, HostInfo)>, AssignError> {
-    let allocated: Option<AllocatedAtOnce> = sqlx::query_as(
-        "WITH picked AS (SELECT h.id FROM hosts h \
-             JOIN images i ON i.region = h.region AND i.image_id = h.image_id AND i.status = 'CURRENT' \
-             WHERE h.status = 'ACTIVE' AND h.free_slots > 0 AND h.region = $1 AND ($2 = '' OR h.client_sha = $2) \
-               AND h.gpus >= $7 \
-               AND EXISTS (SELECT 1 FROM sessions s WHERE s.host_id = h.id AND s.runtime = $3 AND s.status = 'WAITING') \
-             ORDER BY h.free_slots, h.id LIMIT 1 FOR UPDATE OF h SKIP LOCKED), \
-         warm AS (SELECT s.id, s.host_id FROM sessions s JOIN picked ON picked.id = s.host_id \
-             WHERE s.runtime = $3 AND s.status = 'WAITING' LIMIT 1 FOR UPDATE OF s SKIP LOCKED), \
-         slot AS (UPDATE hosts SET free_slots = free_slots - 1 FROM warm \
-             WHERE hosts.id = warm.host_id AND hosts.free_slots > 0 AND hosts.status = 'ACTIVE' \
-             RETURNING hosts.id, host(hosts.public_ip) AS ip, hosts.api_port, hosts.cert_sha256, hosts.region) \
-         UPDATE sessions x SET status = 'ALLOCATED', user_id = $4, client_session_id = $5, token_sha256 = $6, \
-                allocated_at = now() \
-         FROM warm JOIN slot ON slot.id = warm.host_id WHERE x.id = warm.id \
-         RETURNING x.id AS session_id, slot.id, slot.ip, slot.api_port, slot.cert_sha256, slot.region",
-    )
-    .bind(region)
-    .bind(&request.client_commit)
-    .bind(&request.runtime)
-    .bind(user)
-    .bind(&request.client_session_id)
-    .bind(token_sha256)
-    .bind(min_gpus)
-    .fetch_optional(&mut *tx)
-    .await
-    .map_err(q("allocating a session"))?;
-    Ok(allocated.map(|a| (a.session_id, a.host)))
 }
 
 /// The host: ACTIVE, on its region's CURRENT image (and the client's

@@ -18,6 +18,7 @@ use crate::auth::Authenticator;
 use crate::config::Config;
 use crate::evidence::{Evidence, Silence};
 use crate::gateway::Gateway;
+use crate::host_api::credentials::KnownCredentials;
 use crate::host_api::heartbeats::HeartbeatBatch;
 use crate::host_api::hub::Hub;
 use crate::keys::ControlKeys;
@@ -49,6 +50,8 @@ pub struct Scaler {
     pub(crate) hub: Arc<Hub>,
     /// Heartbeats waiting for the next batched write.
     pub(crate) heartbeats: Arc<HeartbeatBatch>,
+    /// Host credentials this replica checked recently.
+    pub(crate) credentials: KnownCredentials,
     /// Keys all replicas share (grant signing, gateway cookies).
     pub keys: Arc<ControlKeys>,
     /// The browser gateway, when BERTH_GATEWAY_DOMAIN is set.
@@ -94,6 +97,7 @@ impl Scaler {
             assign_permits: tokio::sync::Semaphore::new(config.assign_concurrency as usize),
             hub: Arc::new(Hub::default()),
             heartbeats: Arc::default(),
+            credentials: KnownCredentials::default(),
             audit: Arc::default(),
             config,
         }

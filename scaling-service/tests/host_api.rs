@@ -585,3 +585,76 @@ fn tempfile_dir() -> std::path::PathBuf {
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }
+
+/// Polls `GET /v1/host/status` with `credential` until it is refused; how
+/// long that took, or `None` within `bound`.
+async fn refused_within(api: &Api, credential: &str, bound: Duration) -> Option<Duration> {
+    let began = std::time::Instant::now();
+    while began.elapsed() < bound {
+        let (status, body) = api
+            .call(Method::GET, "/v1/host/status", Some(credential), None)
+            .await;
+        if status == 401 {
+            assert_eq!(code(&body), "NOT_A_HOST");
+            return Some(began.elapsed());
+        }
+        assert_eq!(status, 200, "{body}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    None
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_credential_is_refused_at_once_though_the_replica_remembered_it() {
+    let db = TestDb::new().await;
+    let (svc, api) = start(&db).await;
+    let a = registered(&db, &api, "h-a").await;
+    let b = registered(&db, &api, "h-b").await;
+    // Used twice: the second call is answered from what the replica remembers.
+    for _ in 0..2 {
+        let (status, body) = api
+            .call(Method::GET, "/v1/host/status", Some(&a), None)
+            .await;
+        assert_eq!((status, body["status"].clone()), (200, json!("ACTIVE")));
+    }
+    let (status, _) = api
+        .call(Method::GET, "/v1/host/status", Some(&b), None)
+        .await;
+    assert_eq!(status, 200);
+
+    // An operator issues a new bootstrap token for A (the `host-token` command,
+    // another process): A's credential is void, well before the replica
+    // would have re-checked it on its own (30 s).
+    let token = issue_for_host(&db.pool, &hand_started("h-a"), 600)
+        .await
+        .unwrap();
+    let took = refused_within(&api, &a, Duration::from_secs(5)).await;
+    assert!(
+        took.is_some(),
+        "A's old credential still worked 5 s after its revocation"
+    );
+    let (status, body) = api.register(&token, facts("h-a")).await;
+    assert_eq!(status, 200, "{body}");
+    let renewed = body["credential"].as_str().unwrap().to_owned();
+    let (status, _) = api
+        .call(Method::GET, "/v1/host/status", Some(&renewed), None)
+        .await;
+    assert_eq!(status, 200, "the new credential works");
+    let (status, _) = api
+        .call(Method::GET, "/v1/host/status", Some(&a), None)
+        .await;
+    assert_eq!(status, 401, "the old one stays refused");
+
+    // B's row goes: its remembered credential goes with it.
+    sqlx::query("DELETE FROM hosts WHERE id = 'h-b'")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let took = refused_within(&api, &b, Duration::from_secs(5)).await;
+    assert!(
+        took.is_some(),
+        "a deleted host's credential still worked after 5 s"
+    );
+    svc.stop().await;
+    db.drop_database().await;
+}

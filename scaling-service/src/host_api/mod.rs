@@ -5,6 +5,7 @@
 //! Desired state is pushed down `GET /v1/host/watch`; everything a host
 //! reports is an idempotent call backed by one guarded statement.
 
+pub(crate) mod credentials;
 pub(crate) mod heartbeats;
 pub(crate) mod hub;
 pub mod identity;
@@ -28,11 +29,27 @@ const BODY_TIMEOUT: Duration = Duration::from_secs(15);
 /// Host reports are small; a session's port list is the largest.
 const BODY_LIMIT: usize = 64 * 1024;
 
-/// The host a credential belongs to, and its row's state when the call came.
+/// The host a credential belongs to, and its row's state if the credential
+/// check read it.
 #[derive(Debug, Clone)]
 pub(crate) struct CallingHost {
     pub id: HostId,
-    pub state: HostState,
+    checked_state: Option<HostState>,
+}
+
+impl CallingHost {
+    /// The host row's state: as the credential check read it, or read now.
+    pub(crate) async fn state(&self, scaler: &Scaler) -> Result<HostState, ApiError> {
+        if let Some(state) = &self.checked_state {
+            return Ok(state.clone());
+        }
+        sqlx::query_as("SELECT status, free_slots FROM hosts WHERE id = $1")
+            .bind(&self.id)
+            .fetch_optional(&scaler.db)
+            .await
+            .map_err(|e| database_error("reading the host's state", e))?
+            .ok_or_else(not_a_host)
+    }
 }
 
 /// Routes `/v1/host/<rest>`.
@@ -56,22 +73,33 @@ pub(crate) async fn handle(
 }
 
 /// The calling host, from its credential: 401 without one or with one no
-/// host holds.
+/// host holds. A credential this replica checked recently is not read again.
 pub(crate) async fn authenticate(
     scaler: &Scaler,
     req: &Request<Incoming>,
 ) -> Result<CallingHost, ApiError> {
     let credential = bearer(req).map_err(|_| not_a_host())?;
+    let sha256_hex = token_sha256_hex(&credential);
+    let epoch = match scaler.credentials.host_of(&sha256_hex) {
+        Ok(id) => {
+            return Ok(CallingHost {
+                id,
+                checked_state: None,
+            })
+        }
+        Err(epoch) => epoch,
+    };
     let found: Option<(HostId, HostStatus, i32)> =
         sqlx::query_as("SELECT id, status, free_slots FROM hosts WHERE credential_sha256 = $1")
-            .bind(token_sha256_hex(&credential))
+            .bind(&sha256_hex)
             .fetch_optional(&scaler.db)
             .await
             .map_err(|e| database_error("checking a host credential", e))?;
     let (id, status, free_slots) = found.ok_or_else(not_a_host)?;
+    scaler.credentials.remember(sha256_hex, id.clone(), epoch);
     Ok(CallingHost {
         id,
-        state: HostState { status, free_slots },
+        checked_state: Some(HostState { status, free_slots }),
     })
 }
 

@@ -56,9 +56,8 @@ pub(super) async fn handle(
     req: Request<Incoming>,
 ) -> Result<HttpResponse, ApiError> {
     match (method, rest) {
-        (Method::POST, ["heartbeat"]) => heartbeat(scaler, host, body(req).await?),
-        // As the credential check read it a moment ago.
-        (Method::GET, ["status"]) => ok(&host.state),
+        (Method::POST, ["heartbeat"]) => heartbeat(scaler, host, body(req).await?).await,
+        (Method::GET, ["status"]) => ok(host.state(scaler).await?),
         (Method::POST, ["drain"]) => drain(scaler, host, body(req).await?).await,
         (Method::POST, ["terminating"]) => terminating(scaler, host).await,
         (Method::POST, ["death"]) => death(scaler, host, body(req).await?).await,
@@ -102,8 +101,8 @@ pub(super) async fn handle(
 }
 
 /// Recorded in the next batch (one statement for every host that beat
-/// meanwhile); answered with the row's state as the credential check read it.
-fn heartbeat(
+/// meanwhile); answered with the row's state.
+async fn heartbeat(
     scaler: &Scaler,
     host: &CallingHost,
     beat: Heartbeat,
@@ -111,7 +110,7 @@ fn heartbeat(
     scaler
         .heartbeats
         .record(host.id.clone(), beat.load_average, beat.session_count);
-    ok(&host.state)
+    ok(host.state(scaler).await?)
 }
 
 async fn drain(
@@ -143,7 +142,10 @@ async fn terminating(scaler: &Scaler, host: &CallingHost) -> Result<HttpResponse
     .fetch_optional(&scaler.db)
     .await
     .map_err(|e| database_error("marking the host TERMINATING", e))?;
-    ok(moved.as_ref().unwrap_or(&host.state))
+    match moved {
+        Some(state) => ok(state),
+        None => ok(host.state(scaler).await?),
+    }
 }
 
 async fn death(
@@ -228,7 +230,7 @@ async fn warm_created(
         return Err(ApiError::bad_request("ports must be an array"));
     }
     if matches!(
-        host.state.status,
+        host.state(scaler).await?.status,
         berth_common::HostStatus::Terminating | berth_common::HostStatus::Terminated
     ) {
         return Err(conflict(

@@ -75,12 +75,21 @@ pub(crate) async fn run(scaler: Arc<Scaler>) {
             hint = listener.recv() => hint,
         };
         match hint {
-            Hint::Resync => scaler.hub.push(None, || Push::Resync),
+            Hint::Resync => {
+                // Changes may have gone unheard while the connection was down.
+                scaler.credentials.forget_all();
+                scaler.hub.push(None, || Push::Resync)
+            }
             Hint::Notification { channel, payload } if channel == "host_events" => {
-                match serde_json::from_str::<HostHint>(&payload)
-                    .ok()
-                    .and_then(event_of)
-                {
+                let hint = serde_json::from_str::<HostHint>(&payload).ok();
+                if let Some(hint) = hint.as_ref().filter(|h| h.kind != "session") {
+                    // A host's credential or status moved: check its credentials again.
+                    scaler.credentials.forget_host(&hint.host);
+                }
+                if hint.as_ref().is_some_and(|h| h.kind == "credential") {
+                    continue;
+                }
+                match hint.and_then(event_of) {
                     Some((host, event)) => {
                         let first = match &event {
                             WatchEvent::Session(state) if scaler.hub.holds(&host) => {
