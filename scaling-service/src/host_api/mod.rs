@@ -43,13 +43,22 @@ impl CallingHost {
         if let Some(state) = &self.checked_state {
             return Ok(state.clone());
         }
-        sqlx::query_as("SELECT status, free_slots FROM hosts WHERE id = $1")
-            .bind(&self.id)
-            .fetch_optional(&scaler.db)
+        host_state(&scaler.db, &self.id)
             .await
             .map_err(|e| database_error("reading the host's state", e))?
             .ok_or_else(not_a_host)
     }
+}
+
+/// A host row's state, as its calls are answered and its snapshot opens.
+pub(crate) async fn host_state(
+    db: &sqlx::PgPool,
+    host: &HostId,
+) -> Result<Option<HostState>, sqlx::Error> {
+    sqlx::query_as("SELECT status, free_slots FROM hosts WHERE id = $1")
+        .bind(host)
+        .fetch_optional(db)
+        .await
 }
 
 /// Routes `/v1/host/<rest>`.

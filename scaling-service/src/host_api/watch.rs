@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use berth_common::db::{Hint, HintListener};
-use berth_common::host_api::{HostState, SessionState, WatchEvent};
+use berth_common::host_api::{SessionState, WatchEvent};
 use berth_common::http::{ApiError, StreamingBody};
 use berth_common::{HostId, HostStatus, SessionId, SessionStatus};
 use bytes::Bytes;
@@ -122,11 +122,9 @@ pub(crate) async fn run(scaler: Arc<Scaler>) {
 }
 
 async fn snapshot(scaler: &Scaler, host: &HostId) -> Result<WatchEvent, sqlx::Error> {
-    let host_state: HostState =
-        sqlx::query_as("SELECT status, free_slots FROM hosts WHERE id = $1")
-            .bind(host)
-            .fetch_one(&scaler.db)
-            .await?;
+    let host_state = super::host_state(&scaler.db, host)
+        .await?
+        .ok_or(sqlx::Error::RowNotFound)?;
     Ok(WatchEvent::Snapshot {
         host: host_state,
         sessions: super::reports::session_states(&scaler.db, host).await?,
