@@ -209,6 +209,14 @@ async fn each_trigger_notifies_its_channel(pool: PgPool) {
         .execute(&pool)
         .await
         .unwrap();
+    // Session hints are queued with the write and sent when published.
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), listener.recv())
+            .await
+            .is_err(),
+        "a session hint is not sent inside the writing transaction"
+    );
+    assert_eq!(db::publish_queued_hints(&pool).await.unwrap(), 1);
     let (channel_seen, payload) = next_notification(&mut listener).await;
     assert_eq!(
         channel_seen, "host_events",
@@ -224,6 +232,11 @@ async fn each_trigger_notifies_its_channel(pool: PgPool) {
         .execute(&pool)
         .await
         .unwrap();
+    assert_eq!(
+        db::publish_queued_hints(&pool).await.unwrap(),
+        2,
+        "the row's end and its freed slot"
+    );
     let mut seen = [
         next_notification(&mut listener).await,
         next_notification(&mut listener).await,
@@ -251,6 +264,83 @@ async fn each_trigger_notifies_its_channel(pool: PgPool) {
     let (_, payload) = next_notification(&mut listener).await;
     assert_eq!(payload["kind"], "runtimes");
     assert_eq!(payload["key"], "python");
+}
+
+/// A WAITING session of `host` allocated to `user` in `conn`'s transaction or
+/// as its own statement; each queues one hint.
+async fn allocate(conn: &mut sqlx::PgConnection, host: &str, user: &str) -> uuid::Uuid {
+    let session = uuid::Uuid::new_v4();
+    sqlx::query("INSERT INTO sessions (id, host_id, runtime) VALUES ($1, $2, 'desktop')")
+        .bind(session)
+        .bind(host)
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE sessions SET status = 'ALLOCATED', user_id = $2, token_sha256 = repeat('c', 64), allocated_at = now() WHERE id = $1")
+        .bind(session)
+        .bind(user)
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    session
+}
+
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn queued_hints_are_published_once_in_order_and_a_late_commit_is_not_dropped(pool: PgPool) {
+    insert_host(&pool, "i-0abc", 4).await;
+    let mut listener = HintListener::connect(&pool, &["host_events"])
+        .await
+        .unwrap();
+    assert_eq!(listener.recv().await, Hint::Resync);
+    db::publish_queued_hints(&pool).await.unwrap();
+    while tokio::time::timeout(Duration::from_millis(200), listener.recv())
+        .await
+        .is_ok()
+    {}
+
+    // The first hint is queued (lower id) by a transaction that commits last.
+    let mut late = pool.begin().await.unwrap();
+    let late_session = allocate(&mut late, "i-0abc", "late").await;
+    let mut conn = pool.acquire().await.unwrap();
+    let first = allocate(&mut conn, "i-0abc", "first").await;
+    let second = allocate(&mut conn, "i-0abc", "second").await;
+    assert_eq!(db::publish_queued_hints(&pool).await.unwrap(), 2);
+    for expected in [first, second] {
+        let (_, payload) = next_notification(&mut listener).await;
+        assert_eq!(
+            payload["id"],
+            expected.to_string(),
+            "published in queue order"
+        );
+    }
+
+    // Another replica publishing: this one sends nothing and loses nothing.
+    late.commit().await.unwrap();
+    let mut other = pool.begin().await.unwrap();
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended('berth.hint_outbox', 0))")
+        .execute(&mut *other)
+        .await
+        .unwrap();
+    assert_eq!(db::publish_queued_hints(&pool).await.unwrap(), 0);
+    other.rollback().await.unwrap();
+
+    assert_eq!(
+        db::publish_queued_hints(&pool).await.unwrap(),
+        1,
+        "the late commit's hint is published, not dropped"
+    );
+    let (_, payload) = next_notification(&mut listener).await;
+    assert_eq!(payload["id"], late_session.to_string());
+    assert_eq!(
+        db::publish_queued_hints(&pool).await.unwrap(),
+        0,
+        "each once"
+    );
+    let queued: i64 = sqlx::query_scalar("SELECT count(*) FROM hint_outbox")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(queued, 0);
 }
 
 #[sqlx::test(migrator = "MIGRATOR")]

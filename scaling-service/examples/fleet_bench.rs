@@ -4,13 +4,16 @@
 //! API over HTTP — register, a watch stream each, jittered heartbeats, warm
 //! sessions, claim and running on every allocation — while real assigns go
 //! through the public `POST /sessions`. For each N it prints assign latency
-//! and rate, allocation → host notified, PostgreSQL connections and memory,
+//! at an offered rate (open loop: users arrive on a schedule whatever the
+//! answers do, as independent users would), the most assigns per second
+//! (closed loop), allocation → host notified, PostgreSQL connections and memory,
 //! the control plane's RSS and the region controller's passes, next to a
 //! `SELECT 1` round trip on the same PostgreSQL measured in the same run.
 //!
 //! Settings (environment): BERTH_SCALING_SERVICE_BIN (the binary, required),
-//! BERTH_FLEET_SIZES (default "250,1000,5000"), BERTH_FLEET_ASSIGN_CONCURRENCY
-//! (default 32). `--json` prints one JSON object per N on stdout and nothing
+//! BERTH_FLEET_SIZES (default "250,1000,5000"), BERTH_FLEET_ASSIGN_RATE (the
+//! open loop's offered assigns per second, default 1000),
+//! BERTH_FLEET_ASSIGN_CONCURRENCY (the closed loop's clients, default 32). `--json` prints one JSON object per N on stdout and nothing
 //! else; progress goes to stderr.
 
 use std::collections::HashMap;
@@ -47,8 +50,10 @@ const SETUP_CONCURRENCY: usize = 64;
 const HEARTBEAT_EVERY: Duration = Duration::from_secs(30);
 /// Three of the control plane's 15 s keep-alives missed: reconnect.
 const WATCH_SILENCE: Duration = Duration::from_secs(45);
-/// Assign load length at most; fewer when the fleet's warm sessions run short.
-const LOAD_TARGET: Duration = Duration::from_secs(12);
+/// The open-loop phase's length at most (half the warm budget at most).
+const OPEN_LOOP_WINDOW: Duration = Duration::from_secs(8);
+/// Assigns in the closed-loop phase at most (~10 s at the rates seen here).
+const CLOSED_LOOP_MAX: usize = 12_000;
 /// Assigns take at most this share of the fleet's warm sessions, so the load
 /// never meets an empty fleet (NO_CAPACITY would measure something else).
 const WARM_SHARE: f64 = 0.8;
@@ -77,9 +82,15 @@ struct Row {
     pg_connections: i64,
     pg_memory_mb: f64,
     cp_rss_mb: f64,
+    /// The open-loop phase: assigns offered and answered per second, and
+    /// their latency from each one's arrival.
+    offered_per_s: f64,
+    open_loop_per_s: f64,
     assign_p50_ms: f64,
     assign_p99_ms: f64,
+    /// The closed-loop phase: the most assigns per second, and their p99.
     assigns_per_s: f64,
+    saturated_p99_ms: f64,
     notify_p50_ms: f64,
     notify_p99_ms: f64,
     pass_ms: f64,
@@ -121,18 +132,25 @@ async fn main() -> anyhow::Result<()> {
         })
         .collect::<anyhow::Result<_>>()?;
     let concurrency: usize = env_or("BERTH_FLEET_ASSIGN_CONCURRENCY", 32)?;
+    let rate: f64 = env_or("BERTH_FLEET_ASSIGN_RATE", 1000.0)?;
+    ensure!(
+        rate.is_finite() && rate > 0.0,
+        "BERTH_FLEET_ASSIGN_RATE={rate} must be a positive number of assigns per second"
+    );
     if !as_json {
-        println!("== fleet benchmark (real control plane, simulated hosts x {SLOTS_PER_HOST} slots, {concurrency} assign clients) ==");
+        println!("== fleet benchmark (real control plane, simulated hosts x {SLOTS_PER_HOST} slots; assigns offered at {rate}/s, then {concurrency} closed-loop clients) ==");
         println!(
-            "{:>6} {:>9} {:>11} {:>8} {:>7} {:>8} {:>8} {:>9} {:>8} {:>8} {:>8} {:>9}",
+            "{:>6} {:>9} {:>11} {:>8} {:>7} {:>9} {:>8} {:>8} {:>9} {:>8} {:>8} {:>8} {:>8} {:>9}",
             "hosts",
             "select1",
             "pg conns",
             "pg MB",
             "cp MB",
+            "offered/s",
             "asg p50",
             "asg p99",
             "assigns/s",
+            "sat p99",
             "ntf p50",
             "ntf p99",
             "pass ms",
@@ -140,22 +158,25 @@ async fn main() -> anyhow::Result<()> {
         );
     }
     for &n in &sizes {
-        let row = measure(&binary, n, concurrency).await?;
+        let row = measure(&binary, n, rate, concurrency).await?;
         if as_json {
             println!("{}", serde_json::to_string(&row)?);
         } else {
             let e = &row.extra;
             println!(
-                "{:>6} {:>7.2}ms {:>5}/{:<5} {:>8.0} {:>7.0} {:>6.2}ms {:>6.2}ms {:>9.0} {:>6.1}ms {:>6.1}ms {:>8.1} {:>9.1}",
+                "{:>6} {:>7.2}ms {:>5}/{:<5} {:>8.0} {:>7.0} {:>4.0}/{:<4.0} {:>6.2}ms {:>6.2}ms {:>9.0} {:>6.1}ms {:>6.1}ms {:>6.1}ms {:>8.1} {:>9.1}",
                 row.hosts,
                 e.select1_p50_ms,
                 row.pg_connections,
                 e.cp_pg_connections,
                 row.pg_memory_mb,
                 row.cp_rss_mb,
+                row.offered_per_s,
+                row.open_loop_per_s,
                 row.assign_p50_ms,
                 row.assign_p99_ms,
                 row.assigns_per_s,
+                row.saturated_p99_ms,
                 row.notify_p50_ms,
                 row.notify_p99_ms,
                 row.pass_ms,
@@ -170,18 +191,19 @@ async fn main() -> anyhow::Result<()> {
     if !as_json {
         println!("select1: SELECT 1 round trip p50 on one connection (baseline). pg conns: backends on the test database during the load, max sampled (all / the control plane's).");
         println!("pg MB: PSS of the postmaster, its auxiliary processes and this database's backends (shared buffers counted once). cp MB: the control plane's VmRSS, max sampled.");
-        println!("asg: POST /sessions over HTTP. ntf: assign answer received -> ALLOCATED event at the host (0 if it came first). pass ms: mean controller pass in the window (berth_scaler_controller_pass_seconds).");
-        println!("targets: pg conns <= 50; assign p99 <= 20 ms and >= 1000/s at 5000 hosts; notify p99 <= 100 ms; pass <= 100 ms");
+        println!("offered/s: the open loop's assigns offered / answered per second; asg p50/p99: their latency from each one's arrival (POST /sessions over HTTP). assigns/s: the closed loop's rate, sat p99 its latency.");
+        println!("ntf: assign answer received -> ALLOCATED event at the host (0 if it came first). pass ms: mean controller pass in the window (berth_scaler_controller_pass_seconds).");
+        println!("targets: pg conns <= 50; at 5000 hosts assign p99 <= 20 ms with 1000/s offered, and assigns/s >= 1000; notify p99 <= 100 ms; pass <= 100 ms");
     }
     Ok(())
 }
 
 /// One N on its own database and control plane, cleaned up whatever happens.
-async fn measure(binary: &Path, n: usize, concurrency: usize) -> anyhow::Result<Row> {
+async fn measure(binary: &Path, n: usize, rate: f64, concurrency: usize) -> anyhow::Result<Row> {
     let db = TestDb::new().await;
     let scratch = std::env::temp_dir().join(format!("berth-fleet-{}-{n}", std::process::id()));
     let result = match std::fs::create_dir_all(&scratch) {
-        Ok(()) => measure_on(&db, &scratch, binary, n, concurrency).await,
+        Ok(()) => measure_on(&db, &scratch, binary, n, rate, concurrency).await,
         Err(e) => Err(anyhow::anyhow!("creating {}: {e}", scratch.display())),
     };
     // The control plane and the hosts are gone by now (dropped with measure_on).
@@ -224,6 +246,7 @@ async fn measure_on(
     scratch: &Path,
     binary: &Path,
     n: usize,
+    rate: f64,
     concurrency: usize,
 ) -> anyhow::Result<Row> {
     // Each host: its watch stream's connection, and a share of the pooled report connections.
@@ -375,27 +398,45 @@ async fn measure_on(
         sqlx::query("ANALYZE").execute(&db.pool).await?;
     }
 
-    // The load: distinct users, tokens signed beforehand.
-    let count = ((n as f64 * f64::from(SLOTS_PER_HOST) * WARM_SHARE) as usize)
-        .min((1500.0 * LOAD_TARGET.as_secs_f64()) as usize);
-    let users: Arc<Vec<String>> = Arc::new(
-        (0..count)
-            .map(|i| user_token(&format!("fleet-user-{n}-{i}")))
-            .collect::<anyhow::Result<_>>()?,
-    );
+    // The load: distinct users, tokens signed beforehand. First the open
+    // loop at the offered rate (latency), then the closed loop (throughput),
+    // sharing the warm sessions the fleet has.
+    let budget = (n as f64 * f64::from(SLOTS_PER_HOST) * WARM_SHARE) as usize;
+    let open_count = ((rate * OPEN_LOOP_WINDOW.as_secs_f64()) as usize).min(budget / 2);
+    let closed_count = (budget - open_count).min(CLOSED_LOOP_MAX);
+    let count = open_count + closed_count;
+    let users: Vec<String> = (0..count)
+        .map(|i| user_token(&format!("fleet-user-{n}-{i}")))
+        .collect::<anyhow::Result<_>>()?;
+    let (open_users, closed_users) = users.split_at(open_count);
+    let closed_users = Arc::new(closed_users.to_vec());
+    let target = AssignTarget::new(&base, concurrency.max(512))?;
     let sampler = Sampler::start(db.url.clone(), cp_pid);
     let passes_before = metric(&http, &base, "berth_scaler_controller_passes_total").await?;
     let pass_s_before = metric(&http, &base, "berth_scaler_controller_pass_seconds_sum").await?;
     let window = Instant::now();
-    let (assigned, assign_failures) = assign_load(&base, users, concurrency).await?;
+    let open = assign_open_loop(&target, open_users, rate).await?;
+    let open_s = window.elapsed().as_secs_f64();
+    let closed_window = Instant::now();
+    let closed = assign_closed_loop(&target, closed_users, concurrency).await?;
+    let closed_s = closed_window.elapsed().as_secs_f64();
     let window_s = window.elapsed().as_secs_f64();
     let passes_after = metric(&http, &base, "berth_scaler_controller_passes_total").await?;
     let pass_s_after = metric(&http, &base, "berth_scaler_controller_pass_seconds_sum").await?;
     let samples = sampler.stop().await?;
+    let assign_failures = target.failures();
     let failed_assigns: usize = assign_failures.values().sum();
     if failed_assigns > 0 {
         eprintln!("fleet {n}: {failed_assigns} of {count} assigns failed: {assign_failures:?}");
     }
+    let latencies = |done: &[AssignDone]| {
+        let mut ms: Vec<f64> = done.iter().map(|a| a.latency_ms).collect();
+        ms.sort_by(|a, b| a.total_cmp(b));
+        ms
+    };
+    let (open_ms, closed_ms) = (latencies(&open), latencies(&closed));
+    let (open_per_s, closed_per_s) = (open.len() as f64 / open_s, closed.len() as f64 / closed_s);
+    let assigned: Vec<AssignDone> = open.into_iter().chain(closed).collect();
 
     // Every allocation reaches its host (bounded wait), then claim and running.
     let deadline = Instant::now() + Duration::from_secs(15);
@@ -434,8 +475,6 @@ async fn measure_on(
             .collect()
     };
     notify_ms.sort_by(|a, b| a.total_cmp(b));
-    let mut assign_ms: Vec<f64> = assigned.iter().map(|a| a.latency_ms).collect();
-    assign_ms.sort_by(|a, b| a.total_cmp(b));
 
     let (launches, running): (i64, i64) = sqlx::query_as(
         "SELECT (SELECT count(*) FROM launches), (SELECT count(*) FROM sessions WHERE status = 'RUNNING')",
@@ -475,9 +514,12 @@ async fn measure_on(
         pg_connections: samples.pg_connections,
         pg_memory_mb: samples.pg_pss_kb as f64 / 1024.0,
         cp_rss_mb: samples.cp_rss_kb as f64 / 1024.0,
-        assign_p50_ms: percentile(&assign_ms, 0.5),
-        assign_p99_ms: percentile(&assign_ms, 0.99),
-        assigns_per_s: assigned.len() as f64 / window_s,
+        offered_per_s: rate,
+        open_loop_per_s: open_per_s,
+        assign_p50_ms: percentile(&open_ms, 0.5),
+        assign_p99_ms: percentile(&open_ms, 0.99),
+        assigns_per_s: closed_per_s,
+        saturated_p99_ms: percentile(&closed_ms, 0.99),
         notify_p50_ms: percentile(&notify_ms, 0.5),
         notify_p99_ms: percentile(&notify_ms, 0.99),
         // The mean of the controller's own pass-duration histogram over the window.
@@ -576,30 +618,124 @@ struct AssignDone {
     answered: Instant,
 }
 
-/// `POST /sessions` for every user, `concurrency` at a time.
-async fn assign_load(
-    base: &str,
+/// One `POST /sessions`; `due` is when it should have been sent, so an
+/// assign that waited for the load generator counts that wait.
+async fn assign_one(
+    http: &reqwest::Client,
+    url: &str,
+    user: &str,
+    body: &serde_json::Value,
+    due: Instant,
+    failed: &Mutex<HashMap<String, usize>>,
+) -> anyhow::Result<Option<AssignDone>> {
+    let response = http
+        .post(url)
+        .bearer_auth(user)
+        .json(body)
+        .send()
+        .await
+        .context("POST /sessions")?;
+    let status = response.status();
+    let answer: serde_json::Value = response.json().await.unwrap_or_default();
+    let answered = Instant::now();
+    if status != reqwest::StatusCode::CREATED {
+        // Counted and reported, not retried: a timeout is a figure too.
+        let code = answer["error"]["code"].as_str().unwrap_or("?");
+        *failed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(format!("{status} {code}"))
+            .or_default() += 1;
+        return Ok(None);
+    }
+    let session = answer["session_id"]
+        .as_str()
+        .and_then(|s| s.parse().ok())
+        .with_context(|| format!("the assign answer has no session_id: {answer}"))?;
+    Ok(Some(AssignDone {
+        session,
+        latency_ms: answered.saturating_duration_since(due).as_secs_f64() * 1e3,
+        answered,
+    }))
+}
+
+/// What both load phases send.
+#[derive(Clone)]
+struct AssignTarget {
+    http: reqwest::Client,
+    url: Arc<str>,
+    body: Arc<serde_json::Value>,
+    failed: Arc<Mutex<HashMap<String, usize>>>,
+}
+
+impl AssignTarget {
+    fn new(base: &str, connections: usize) -> anyhow::Result<Self> {
+        Ok(Self {
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(30))
+                .pool_max_idle_per_host(connections)
+                .build()?,
+            url: format!("{base}/sessions").into(),
+            body: json!({"runtime": RUNTIME, "regions": [REGION], "client_commit": ""}).into(),
+            failed: Arc::default(),
+        })
+    }
+
+    fn failures(&self) -> HashMap<String, usize> {
+        std::mem::take(&mut *self.failed.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+}
+
+/// Open loop: `users` arrive at `rate` per second whatever the answers do,
+/// as independent users would; latency runs from each one's arrival time.
+/// At most `MAX_IN_FLIGHT` wait at once: beyond that the generator falls
+/// behind, and the delay is counted in the latencies it causes.
+async fn assign_open_loop(
+    target: &AssignTarget,
+    users: &[String],
+    rate: f64,
+) -> anyhow::Result<Vec<AssignDone>> {
+    const MAX_IN_FLIGHT: usize = 512;
+    let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
+    let started = Instant::now();
+    let mut sent = JoinSet::new();
+    for (i, user) in users.iter().enumerate() {
+        let due = started + Duration::from_secs_f64(i as f64 / rate);
+        tokio::time::sleep_until(due.into()).await;
+        let permit = in_flight.clone().acquire_owned().await?;
+        let (target, user) = (target.clone(), user.clone());
+        sent.spawn(async move {
+            let done = assign_one(
+                &target.http,
+                &target.url,
+                &user,
+                &target.body,
+                due,
+                &target.failed,
+            )
+            .await;
+            drop(permit);
+            done
+        });
+    }
+    let mut all = vec![];
+    while let Some(done) = sent.join_next().await {
+        all.extend(done.context("an assign task panicked")??);
+    }
+    Ok(all)
+}
+
+/// Closed loop: `concurrency` clients, each sending its next assign when
+/// the last is answered, until `users` run out: the most the service does.
+async fn assign_closed_loop(
+    target: &AssignTarget,
     users: Arc<Vec<String>>,
     concurrency: usize,
-) -> anyhow::Result<(Vec<AssignDone>, HashMap<String, usize>)> {
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(30))
-        .pool_max_idle_per_host(concurrency)
-        .build()?;
+) -> anyhow::Result<Vec<AssignDone>> {
     let next = Arc::new(AtomicUsize::new(0));
-    let url = format!("{base}/sessions");
-    let body = json!({"runtime": RUNTIME, "regions": [REGION], "client_commit": ""});
-    let failed: Arc<Mutex<HashMap<String, usize>>> = Arc::default();
     let mut workers = JoinSet::new();
     for _ in 0..concurrency {
-        let (http, next, users, url, body, failed) = (
-            http.clone(),
-            next.clone(),
-            users.clone(),
-            url.clone(),
-            body.clone(),
-            failed.clone(),
-        );
+        let (target, next, users) = (target.clone(), next.clone(), users.clone());
         workers.spawn(async move {
             let mut done = vec![];
             loop {
@@ -608,35 +744,17 @@ async fn assign_load(
                     return Ok::<_, anyhow::Error>(done);
                 };
                 let sent = Instant::now();
-                let response = http
-                    .post(&url)
-                    .bearer_auth(user)
-                    .json(&body)
-                    .send()
-                    .await
-                    .context("POST /sessions")?;
-                let status = response.status();
-                let answer: serde_json::Value = response.json().await.unwrap_or_default();
-                let answered = Instant::now();
-                if status != reqwest::StatusCode::CREATED {
-                    // Counted and reported, not retried: a timeout is a figure too.
-                    let code = answer["error"]["code"].as_str().unwrap_or("?");
-                    *failed
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .entry(format!("{status} {code}"))
-                        .or_default() += 1;
-                    continue;
-                }
-                let session = answer["session_id"]
-                    .as_str()
-                    .and_then(|s| s.parse().ok())
-                    .with_context(|| format!("the assign answer has no session_id: {answer}"))?;
-                done.push(AssignDone {
-                    session,
-                    latency_ms: answered.duration_since(sent).as_secs_f64() * 1e3,
-                    answered,
-                });
+                done.extend(
+                    assign_one(
+                        &target.http,
+                        &target.url,
+                        user,
+                        &target.body,
+                        sent,
+                        &target.failed,
+                    )
+                    .await?,
+                );
             }
         });
     }
@@ -644,8 +762,7 @@ async fn assign_load(
     while let Some(worker) = workers.join_next().await {
         all.extend(worker.context("an assign worker panicked")??);
     }
-    let failed = std::mem::take(&mut *failed.lock().unwrap_or_else(|p| p.into_inner()));
-    Ok((all, failed))
+    Ok(all)
 }
 
 /// What the simulated hosts share.

@@ -475,6 +475,7 @@ async fn delete_session(
             "no such session",
         ));
     }
+    scaler.hints_written();
     scaler.audit.record(
         Entry::new(ActorKind::User, &user, "session.delete", &id.to_string())
             .address(berth_common::http::peer_address(req)),

@@ -15,6 +15,7 @@ pub mod evidence;
 pub mod faults;
 pub mod forecast;
 pub mod gateway;
+pub(crate) mod hints;
 pub mod host_api;
 pub mod keys;
 pub mod launch;

@@ -58,6 +58,8 @@ pub struct Scaler {
     pub gateway: Option<Gateway>,
     /// Audit records waiting for the next batched write.
     pub audit: Arc<AuditLog>,
+    /// Wakes the publisher of the hints the database queued (`hints`).
+    pub(crate) hints_queued: tokio::sync::Notify,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -99,6 +101,7 @@ impl Scaler {
             heartbeats: Arc::default(),
             credentials: KnownCredentials::default(),
             audit: Arc::default(),
+            hints_queued: tokio::sync::Notify::new(),
             config,
         }
     }
@@ -125,6 +128,7 @@ impl Scaler {
             .ok();
         if let Some(Ok(assigned)) = &result {
             self.tell_host(user, assigned);
+            self.hints_written();
         }
         result
     }
@@ -148,6 +152,12 @@ impl Scaler {
         if self.hub.allocated(&host, state) {
             self.metrics.direct_host_events.inc();
         }
+    }
+
+    /// A write of this replica queued hints (its triggers did): publish now,
+    /// not at the next poll.
+    pub(crate) fn hints_written(&self) {
+        self.hints_queued.notify_one();
     }
 
     pub fn wake(&self, region: &str) {

@@ -121,6 +121,7 @@ pub async fn start_with_provider(
     }
     scaler.tasks.spawn(controller::supervise(scaler.clone()));
     scaler.tasks.spawn(host_api::watch::run(scaler.clone()));
+    scaler.tasks.spawn(crate::hints::publish(scaler.clone()));
     scaler.tasks.spawn(host_api::heartbeats::run(
         scaler.heartbeats.clone(),
         scaler.db.clone(),

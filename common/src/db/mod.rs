@@ -1,5 +1,6 @@
-//! The database: pool, embedded migrations, guarded slot updates and a
-//! NOTIFY listener that tells its owner when to re-read the truth.
+//! The database: pool, embedded migrations, guarded slot updates, a NOTIFY
+//! listener that tells its owner when to re-read the truth, and the
+//! publisher of the hints the triggers queue.
 //!
 //! Starting up goes through two steps here. [`connect`] makes one direct
 //! connection first, so a start against a wrong or dead database fails within
@@ -11,6 +12,7 @@
 //! (`--migrate=false`): a process never serves on a schema older than its code.
 
 mod listen;
+mod outbox;
 mod slots;
 
 use std::collections::HashMap;
@@ -21,6 +23,7 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{ConnectOptions, PgPool};
 
 pub use listen::{Hint, HintListener};
+pub use outbox::publish_queued_hints;
 pub use slots::{release_free_slot, take_free_slot};
 
 /// The schema, embedded at build time from `common/migrations`.

@@ -440,6 +440,7 @@ async fn dying(
     if marked.rows_affected() == 0 {
         return Err(not_yours());
     }
+    scaler.hints_written();
     ok(serde_json::json!({"status": "DYING"}))
 }
 
@@ -456,6 +457,7 @@ async fn ended(
         .execute(&scaler.db)
         .await
         .map_err(|e| database_error("deleting a session", e))?;
+    scaler.hints_written();
     ok(serde_json::json!({}))
 }
 
@@ -476,6 +478,7 @@ async fn retire(
     .fetch_all(&scaler.db)
     .await
     .map_err(|e| database_error("retiring warm sessions", e))?;
+    scaler.hints_written();
     ok(SessionIds { ids: retired })
 }
 

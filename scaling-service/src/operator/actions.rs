@@ -164,6 +164,7 @@ pub(crate) async fn end_session(
         .await
         .map_err(db_error)?;
         if let Some((region, state)) = row {
+            scaler.hints_written();
             let done = Done {
                 changed: state == "moved",
                 body: json!({"session_id": id.0, "status": "DYING"}),
