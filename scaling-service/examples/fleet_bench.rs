@@ -5,7 +5,8 @@
 //! sessions, claim and running on every allocation — while real assigns go
 //! through the public `POST /sessions`. For each N it prints assign latency
 //! at an offered rate (open loop: users arrive on a schedule whatever the
-//! answers do, as independent users would), the most assigns per second
+//! answers do, as independent users would; after a second's warm-up that is
+//! not measured), the most assigns per second
 //! (closed loop), allocation → host notified, PostgreSQL connections and memory,
 //! the control plane's RSS and the region controller's passes, next to a
 //! `SELECT 1` round trip on the same PostgreSQL measured in the same run.
@@ -50,6 +51,9 @@ const SETUP_CONCURRENCY: usize = 64;
 const HEARTBEAT_EVERY: Duration = Duration::from_secs(30);
 /// Three of the control plane's 15 s keep-alives missed: reconnect.
 const WATCH_SILENCE: Duration = Duration::from_secs(45);
+/// Assigns before the measured phases, at the offered rate, this long at
+/// most (a tenth of the warm budget at most).
+const WARM_UP: Duration = Duration::from_secs(1);
 /// The open-loop phase's length at most (half the warm budget at most).
 const OPEN_LOOP_WINDOW: Duration = Duration::from_secs(8);
 /// Assigns in the closed-loop phase at most (~10 s at the rates seen here).
@@ -191,7 +195,7 @@ async fn main() -> anyhow::Result<()> {
     if !as_json {
         println!("select1: SELECT 1 round trip p50 on one connection (baseline). pg conns: backends on the test database during the load, max sampled (all / the control plane's).");
         println!("pg MB: PSS of the postmaster, its auxiliary processes and this database's backends (shared buffers counted once). cp MB: the control plane's VmRSS, max sampled.");
-        println!("offered/s: the open loop's assigns offered / answered per second; asg p50/p99: their latency from each one's arrival (POST /sessions over HTTP). assigns/s: the closed loop's rate, sat p99 its latency.");
+        println!("offered/s: the open loop's assigns offered / answered per second; asg p50/p99: their latency from each one's arrival (POST /sessions over HTTP), after a 1 s warm-up. assigns/s: the closed loop's rate, sat p99 its latency.");
         println!("ntf: assign answer received -> ALLOCATED event at the host (0 if it came first). pass ms: mean controller pass in the window (berth_scaler_controller_pass_seconds).");
         println!("targets: pg conns <= 50; at 5000 hosts assign p99 <= 20 ms with 1000/s offered, and assigns/s >= 1000; notify p99 <= 100 ms; pass <= 100 ms");
     }
@@ -398,19 +402,25 @@ async fn measure_on(
         sqlx::query("ANALYZE").execute(&db.pool).await?;
     }
 
-    // The load: distinct users, tokens signed beforehand. First the open
-    // loop at the offered rate (latency), then the closed loop (throughput),
-    // sharing the warm sessions the fleet has.
+    // The load: distinct users, tokens signed beforehand. A warm-up, then
+    // the open loop at the offered rate (latency), then the closed loop
+    // (throughput), sharing the warm sessions the fleet has.
     let budget = (n as f64 * f64::from(SLOTS_PER_HOST) * WARM_SHARE) as usize;
-    let open_count = ((rate * OPEN_LOOP_WINDOW.as_secs_f64()) as usize).min(budget / 2);
-    let closed_count = (budget - open_count).min(CLOSED_LOOP_MAX);
-    let count = open_count + closed_count;
+    let warm_up_count = ((rate * WARM_UP.as_secs_f64()) as usize).min(budget / 10);
+    let open_count =
+        ((rate * OPEN_LOOP_WINDOW.as_secs_f64()) as usize).min((budget - warm_up_count) / 2);
+    let closed_count = (budget - warm_up_count - open_count).min(CLOSED_LOOP_MAX);
+    let count = warm_up_count + open_count + closed_count;
     let users: Vec<String> = (0..count)
         .map(|i| user_token(&format!("fleet-user-{n}-{i}")))
         .collect::<anyhow::Result<_>>()?;
+    let (warm_up_users, users) = users.split_at(warm_up_count);
     let (open_users, closed_users) = users.split_at(open_count);
     let closed_users = Arc::new(closed_users.to_vec());
     let target = AssignTarget::new(&base, concurrency.max(512))?;
+    // Not measured: the generator's connections, and the control plane's
+    // pooled connections' first calls (each plans the assign once).
+    let warm_up = assign_open_loop(&target, warm_up_users, rate).await?;
     let sampler = Sampler::start(db.url.clone(), cp_pid);
     let passes_before = metric(&http, &base, "berth_scaler_controller_passes_total").await?;
     let pass_s_before = metric(&http, &base, "berth_scaler_controller_pass_seconds_sum").await?;
@@ -436,7 +446,7 @@ async fn measure_on(
     };
     let (open_ms, closed_ms) = (latencies(&open), latencies(&closed));
     let (open_per_s, closed_per_s) = (open.len() as f64 / open_s, closed.len() as f64 / closed_s);
-    let assigned: Vec<AssignDone> = open.into_iter().chain(closed).collect();
+    let assigned: Vec<AssignDone> = warm_up.into_iter().chain(open).chain(closed).collect();
 
     // Every allocation reaches its host (bounded wait), then claim and running.
     let deadline = Instant::now() + Duration::from_secs(15);
