@@ -20,11 +20,16 @@ pub(crate) async fn publish(scaler: Arc<Scaler>) {
             _ = scaler.hints_queued.notified() => false,
             _ = tokio::time::sleep(POLL) => false,
         };
-        if let Err(error) = berth_common::db::publish_queued_hints(&scaler.db).await {
-            tracing::warn!(%error, "publishing queued hints failed; retrying");
-            tokio::select! {
-                _ = scaler.stop.cancelled() => return,
-                _ = tokio::time::sleep(RETRY) => {}
+        match berth_common::db::publish_queued_hints(&scaler.db).await {
+            Ok(published) => {
+                scaler.metrics.hints_published.inc_by(published as u64);
+            }
+            Err(error) => {
+                tracing::warn!(%error, "publishing queued hints failed; retrying");
+                tokio::select! {
+                    _ = scaler.stop.cancelled() => return,
+                    _ = tokio::time::sleep(RETRY) => {}
+                }
             }
         }
         if stopping {

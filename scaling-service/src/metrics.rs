@@ -19,6 +19,8 @@ pub struct Metrics {
     pub passes: Counter,
     /// Allocations sent straight to a host stream this replica holds.
     pub direct_host_events: Counter,
+    /// Hints the database queued and this replica published as NOTIFYs.
+    pub hints_published: Counter,
     /// One region controller pass, start to end.
     pub pass_seconds: Histogram,
     /// Instance listings (DescribeInstances) made by controller passes.
@@ -61,6 +63,7 @@ impl Metrics {
             terminations: Counter::default(),
             passes: Counter::default(),
             direct_host_events: Counter::default(),
+            hints_published: Counter::default(),
             pass_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 14)),
             cloud_listings: Counter::default(),
             silent_hosts: Family::default(),
@@ -101,6 +104,11 @@ impl Metrics {
             "direct_host_events",
             "Allocations sent straight to a host stream this replica holds (others go through NOTIFY)",
             m.direct_host_events.clone(),
+        );
+        registry.register(
+            "hints_published",
+            "Session hints the database queued (allocations, ends, freed slots) that this replica published as NOTIFYs, in batches",
+            m.hints_published.clone(),
         );
         registry.register(
             "controller_pass_seconds",

@@ -461,6 +461,19 @@ async fn the_watch_starts_with_a_snapshot_and_pushes_allocations_tokens_and_drai
     assert_eq!(name, "session");
     assert_eq!(event["status"], "CONNECTING");
     assert_eq!(event["token_sha256"], json!(token_sha256_hex(reissued)));
+    // Both hints went through the database's outbox, published by this
+    // replica (its counter moves just after the NOTIFY is sent).
+    let published = tokio::time::timeout(Duration::from_secs(5), async {
+        while svc.scaler.metrics.hints_published.get() < 2 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    assert!(
+        published.is_ok(),
+        "hints published: {}",
+        svc.scaler.metrics.hints_published.get()
+    );
 
     // RUNNING, retried; then a drain arrives as a host event.
     for _ in 0..2 {
