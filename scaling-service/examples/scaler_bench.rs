@@ -5,6 +5,9 @@
 //!  * deficit → first RunInstances call: a region's target is raised and the
 //!    running service's controller, woken by the `config` NOTIFY, calls the provider.
 
+#[path = "../tests/support/mod.rs"]
+mod support;
+
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -71,27 +74,11 @@ impl Provider for Recording {
     }
 }
 
+/// The fleet the assigns run against: the tests' warm hosts, and a user
+/// limit no benchmark user reaches.
 async fn seed(db: &TestDb) {
-    for sql in [
-        "INSERT INTO instance_types (name, vcpus, memory_mib, capacity) VALUES ('t3.large', 2, 8192, 2)",
-        "INSERT INTO regions (name, target_free_slots, max_hosts, instance_types) VALUES ('us-east-1', 0, 1000, ARRAY['t3.large'])",
-        "INSERT INTO images (region, image_id, client_sha, status) VALUES ('us-east-1', 'ami-11111111', 'sha-1', 'CURRENT')",
-        "INSERT INTO runtimes (name, image) VALUES ('desktop', 'berth-test-app:1')",
-        "UPDATE limits SET max_sessions = 1000 WHERE user_id = '*'",
-    ] {
-        sqlx::query(sql).execute(&db.pool).await.unwrap();
-    }
-    sqlx::query(
-        "INSERT INTO hosts (id, region, image_id, client_sha, instance_type, capacity, free_slots, status, public_ip, api_port, cert_sha256) \
-         SELECT 'i-' || lpad(n::text, 8, '0'), 'us-east-1', 'ami-11111111', 'sha-1', 't3.large', $1, $1, 'ACTIVE', '10.0.0.1', 4678, repeat('a', 64) \
-         FROM generate_series(1, $2) n",
-    )
-    .bind(SLOTS_PER_HOST)
-    .bind(HOSTS)
-    .execute(&db.pool)
-    .await
-    .unwrap();
-    sqlx::query("INSERT INTO sessions (id, host_id, runtime) SELECT gen_random_uuid(), h.id, 'desktop' FROM hosts h, generate_series(1, h.capacity)")
+    support::warm_hosts(db, HOSTS, SLOTS_PER_HOST).await;
+    sqlx::query("UPDATE limits SET max_sessions = 1000 WHERE user_id = '*'")
         .execute(&db.pool)
         .await
         .unwrap();
