@@ -628,47 +628,6 @@ struct AssignDone {
     answered: Instant,
 }
 
-/// One `POST /sessions`; `due` is when it should have been sent, so an
-/// assign that waited for the load generator counts that wait.
-async fn assign_one(
-    http: &reqwest::Client,
-    url: &str,
-    user: &str,
-    body: &serde_json::Value,
-    due: Instant,
-    failed: &Mutex<HashMap<String, usize>>,
-) -> anyhow::Result<Option<AssignDone>> {
-    let response = http
-        .post(url)
-        .bearer_auth(user)
-        .json(body)
-        .send()
-        .await
-        .context("POST /sessions")?;
-    let status = response.status();
-    let answer: serde_json::Value = response.json().await.unwrap_or_default();
-    let answered = Instant::now();
-    if status != reqwest::StatusCode::CREATED {
-        // Counted and reported, not retried: a timeout is a figure too.
-        let code = answer["error"]["code"].as_str().unwrap_or("?");
-        *failed
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .entry(format!("{status} {code}"))
-            .or_default() += 1;
-        return Ok(None);
-    }
-    let session = answer["session_id"]
-        .as_str()
-        .and_then(|s| s.parse().ok())
-        .with_context(|| format!("the assign answer has no session_id: {answer}"))?;
-    Ok(Some(AssignDone {
-        session,
-        latency_ms: answered.saturating_duration_since(due).as_secs_f64() * 1e3,
-        answered,
-    }))
-}
-
 /// What both load phases send.
 #[derive(Clone)]
 struct AssignTarget {
@@ -689,6 +648,42 @@ impl AssignTarget {
             body: json!({"runtime": RUNTIME, "regions": [REGION], "client_commit": ""}).into(),
             failed: Arc::default(),
         })
+    }
+
+    /// One `POST /sessions`; `due` is when it should have been sent, so an
+    /// assign that waited for the load generator counts that wait.
+    async fn assign(&self, user: &str, due: Instant) -> anyhow::Result<Option<AssignDone>> {
+        let response = self
+            .http
+            .post(&*self.url)
+            .bearer_auth(user)
+            .json(&*self.body)
+            .send()
+            .await
+            .context("POST /sessions")?;
+        let status = response.status();
+        let answer: serde_json::Value = response.json().await.unwrap_or_default();
+        let answered = Instant::now();
+        if status != reqwest::StatusCode::CREATED {
+            // Counted and reported, not retried: a timeout is a figure too.
+            let code = answer["error"]["code"].as_str().unwrap_or("?");
+            *self
+                .failed
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .entry(format!("{status} {code}"))
+                .or_default() += 1;
+            return Ok(None);
+        }
+        let session = answer["session_id"]
+            .as_str()
+            .and_then(|s| s.parse().ok())
+            .with_context(|| format!("the assign answer has no session_id: {answer}"))?;
+        Ok(Some(AssignDone {
+            session,
+            latency_ms: answered.saturating_duration_since(due).as_secs_f64() * 1e3,
+            answered,
+        }))
     }
 
     fn failures(&self) -> HashMap<String, usize> {
@@ -715,15 +710,7 @@ async fn assign_open_loop(
         let permit = in_flight.clone().acquire_owned().await?;
         let (target, user) = (target.clone(), user.clone());
         sent.spawn(async move {
-            let done = assign_one(
-                &target.http,
-                &target.url,
-                &user,
-                &target.body,
-                due,
-                &target.failed,
-            )
-            .await;
+            let done = target.assign(&user, due).await;
             drop(permit);
             done
         });
@@ -754,17 +741,7 @@ async fn assign_closed_loop(
                     return Ok::<_, anyhow::Error>(done);
                 };
                 let sent = Instant::now();
-                done.extend(
-                    assign_one(
-                        &target.http,
-                        &target.url,
-                        user,
-                        &target.body,
-                        sent,
-                        &target.failed,
-                    )
-                    .await?,
-                );
+                done.extend(target.assign(user, sent).await?);
             }
         });
     }

@@ -154,8 +154,8 @@ impl Scaler {
         }
     }
 
-    /// A write of this replica queued hints (its triggers did): publish now,
-    /// not at the next poll.
+    /// A write of this replica queued hints (its triggers did): publish them
+    /// as soon as the publisher's spacing allows, not at its next poll.
     pub(crate) fn hints_written(&self) {
         self.hints_queued.notify_one();
     }
